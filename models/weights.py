@@ -1,0 +1,65 @@
+"""Loading state dicts into zoo models, with errors that name the keys that do not fit."""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from edge.errors import EdgeError
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.pth``/``.pt`` state dict (a bare one, or under ``state_dict``/``model``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"weights file not found: {path}; pass an existing .pth/.pt state dict with --weights")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or non-pickle files
+        raise EdgeError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}; "
+                        "pass a PyTorch state dict saved with torch.save(model.state_dict(), path)") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EdgeError(f"{path} is not a state dict of tensors; save it with torch.save(model.state_dict(), path)")
+    if obj and all(k.startswith("module.") for k in obj):
+        print(f"note: stripping the DataParallel 'module.' prefix from the keys of {path.name}", file=sys.stderr)
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a state dict strictly; a mismatch names the missing, unexpected and mis-shaped keys."""
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    # BatchNorm fills a missing num_batches_tracked itself (checkpoints from PyTorch < 0.4.1 lack it).
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shaped = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or unexpected or shaped:
+        name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
+
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if shaped:
+            parts.append(f"shape mismatch: {few([f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in shaped])}")
+        raise EdgeError(f"weights {Path(path).name} do not fit model '{name}': {'; '.join(parts)}; "
+                        "pass a checkpoint trained for this model")
+    model.load_state_dict(sd, strict=True)
