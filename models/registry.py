@@ -29,6 +29,7 @@ class ModelSpec:
     output: str = "logits"
     default_tile: tuple[int, int] = (544, 544)
     threshold: float = 0.5
+    overlap: int = 64
     params_expected: int | None = None
     gmacs_expected: float | None = None
     gmacs_at: tuple[int, int] | None = None
@@ -57,6 +58,7 @@ class ModelSpec:
             "output": self.output,
             "default_tile": list(self.default_tile),
             "threshold": self.threshold,
+            "overlap": self.overlap,
             "params_expected": self.params_expected,
         }
 
