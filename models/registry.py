@@ -41,9 +41,11 @@ class ModelSpec:
         d = self.divisor
         if height % d or width % d or height <= 0 or width <= 0:
             up_h, up_w = -(-max(height, 1) // d) * d, -(-max(width, 1) // d) * d
+            down_h, down_w = max(height // d * d, d), max(width // d * d, d)
+            alt = f" or crop to {down_h}x{down_w}" if (down_h, down_w) != (up_h, up_w) else ""
             raise EdgeError(
                 f"{self.name} needs input sides that are multiples of {d}, got {height}x{width}; "
-                f"pad to {up_h}x{up_w} (the nearest valid size)"
+                f"pad to {up_h}x{up_w} (the nearest valid size){alt}"
             )
 
     def to_meta(self) -> dict[str, Any]:

@@ -26,8 +26,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or non-pickle files
-        raise EdgeError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}; "
-                        "pass a PyTorch state dict saved with torch.save(model.state_dict(), path)") from exc
+        raise EdgeError(f"cannot read weights {path} ({type(exc).__name__}: not a PyTorch state dict); "
+                        "pass one saved with torch.save(model.state_dict(), path)") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

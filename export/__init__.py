@@ -1,0 +1,1 @@
+"""Host-side toolchain: torch/ONNX -> simplified ONNX -> TVM-compiled, verified package."""

@@ -1,0 +1,66 @@
+"""`edge-export`: the command-line face of export.pipeline."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from edge.errors import EdgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.targets import PRESETS
+
+    presets = "\n".join(f"  {p.name:<14} {p.description}" + (f" (alias: {', '.join(p.aliases)})" if p.aliases else "")
+                        for p in PRESETS.values())
+    ap = argparse.ArgumentParser(
+        prog="edge-export", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="PyTorch or ONNX model -> verified ONNX -> onnxsim -> TVM-compiled package for a device.",
+        epilog=f"target presets:\n{presets}\n  or a raw TVM target JSON, e.g. "
+               "'{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\", \"mcpu\": \"cortex-a72\"}'\n\n"
+               "example: edge-export m2unet --target arm64 --weights M2UNetDRIVE.pth --out pkg-arm64")
+    ap.add_argument("model", help="a registered model name (see --list-models) or a path to an .onnx file")
+    ap.add_argument("--target", default="x86_64", help="target preset or raw TVM target JSON (default: x86_64)")
+    ap.add_argument("--weights", help="state dict (.pth/.pt); default: the project's shipped weights for the model")
+    ap.add_argument("--input-size", help="compiled input (= tile) size HxW or S; default: the model spec's tile")
+    ap.add_argument("--out", help="package directory (default: packages/<model>-<target>-<HxW>)")
+    ap.add_argument("--force", action="store_true", help="replace an existing package directory")
+    ap.add_argument("--cuda-arch", help="CUDA architecture for --target cuda, e.g. sm_86")
+    ap.add_argument("--tune", type=int, default=0, metavar="N",
+                    help="MetaSchedule trials to tune before compiling (written to --tuning-db)")
+    ap.add_argument("--tuning-db", help="MetaSchedule database directory to apply (and to tune into with --tune); "
+                                        "default: the database shipped for the target class, model and size")
+    ap.add_argument("--list-models", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--list-models"]:
+        from models import list_models
+
+        print("\n".join(list_models()))
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        from export.pipeline import export_model, fmt_summary, parse_size
+
+        result = export_model(args.model, target=args.target, weights=args.weights,
+                              input_size=parse_size(args.input_size) if args.input_size else None, out=args.out,
+                              cuda_arch=args.cuda_arch, tuning_db=args.tuning_db, tune_trials=args.tune,
+                              force=args.force)
+    except EdgeError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(fmt_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

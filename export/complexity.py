@@ -1,0 +1,71 @@
+"""Parameter and multiply-accumulate counts read off an ONNX graph (with shape inference).
+
+Written by hand: the existing counters (thop, fvcore, ptflops) count torch modules, not ONNX graphs, and
+the package records what the deployed graph costs. Convolutions (grouped/depthwise included), ConvTranspose,
+MatMul and Gemm make the headline; everything else is counted per operator type on the side.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+HEADLINE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# per output element: cost of the cheap ops, counted apart from the headline
+ELEMENTWISE_COST = {"BatchNormalization": 1, "Resize": 4, "Add": 1, "Mul": 1, "Sub": 1, "Div": 1, "Clip": 1,
+                    "Relu": 1, "Sigmoid": 1, "Concat": 0}
+
+
+@dataclass
+class Complexity:
+    params: int
+    macs: int  # headline: Conv, ConvTranspose, MatMul, Gemm
+    macs_by_op: dict[str, int] = field(default_factory=dict)
+    other_ops: dict[str, int] = field(default_factory=dict)  # element operations of the non-headline ops
+
+    def to_meta(self) -> dict:
+        return {"params": self.params, "macs": self.macs, "gmacs": round(self.macs / 1e9, 4),
+                "macs_by_op": self.macs_by_op, "other_ops": self.other_ops}
+
+
+def _shapes(m: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = shape_inference.infer_shapes(m)
+    out: dict[str, list[int]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        out[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    for init in m.graph.initializer:
+        out[init.name] = list(init.dims)
+    return out
+
+
+def count(m: onnx.ModelProto) -> Complexity:
+    shapes = _shapes(m)
+    params = int(sum(np.prod(i.dims) for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT))
+    consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    macs: Counter[str] = Counter()
+    other: Counter[str] = Counter()
+    for n in m.graph.node:
+        out = shapes.get(n.output[0]) if n.output else None
+        if not out:
+            continue
+        nout = int(np.prod(out))
+        if n.op_type == "Conv":
+            w = shapes[n.input[1]]  # Cout, Cin/groups, kh, kw
+            macs["Conv"] += nout * int(np.prod(w[1:]))
+        elif n.op_type == "ConvTranspose":
+            w = shapes[n.input[1]]  # Cin, Cout/groups, kh, kw
+            x = shapes[n.input[0]]
+            macs["ConvTranspose"] += int(np.prod(x)) * int(np.prod(w[1:]))
+        elif n.op_type in ("MatMul", "Gemm"):
+            a = shapes[n.input[0]]
+            k = a[-1]
+            if n.op_type == "Gemm" and any(at.name == "transA" and at.i for at in n.attribute):
+                k = a[0]
+            macs[n.op_type] += nout * k
+        else:
+            other[n.op_type] += nout * ELEMENTWISE_COST.get(n.op_type, 1)
+    del consts
+    return Complexity(params, int(sum(macs.values())), dict(macs), dict(other))

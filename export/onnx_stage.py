@@ -1,0 +1,117 @@
+"""Stages 1-2: torch -> ONNX, ONNX checks, onnxsim; each verified against the previous stage."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edge.errors import EdgeError
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Parity:
+    """One verification: ``stage``'s output against ``reference`` on the same input."""
+
+    stage: str
+    reference: str
+    output: str
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.tolerance)
+
+    def to_meta(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def require(self) -> "Parity":
+        if not self.passed:
+            raise EdgeError(f"parity check failed: {self.stage} vs {self.reference} on output '{self.output}': "
+                            f"max |diff| = {self.max_abs_diff:.3g} > {self.tolerance:g}; nothing was written")
+        return self
+
+
+def compare(stage: str, reference: str, out: np.ndarray, ref: np.ndarray, output: str = OUTPUT_NAME,
+            tolerance: float = TOLERANCE) -> Parity:
+    if out.shape != ref.shape:
+        raise EdgeError(f"{stage} output '{output}' has shape {out.shape}, {reference} gives {ref.shape}")
+    diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64)))) if out.size else 0.0
+    return Parity(stage, reference, output, diff, tolerance)
+
+
+def sample_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A deterministic input in the models' [0, 1] pixel range."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def ort_run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for invalid graphs
+        raise EdgeError(f"ONNX Runtime cannot load the graph: {str(exc).splitlines()[0][:200]}") from exc
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def torch_to_onnx(model, shape: tuple[int, int, int, int], path: Path) -> tuple[onnx.ModelProto, Parity]:
+    """Export with a fixed shape, named input/output; verify ONNX Runtime against PyTorch."""
+    import torch
+
+    x = sample_input(shape)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer warnings
+        torch.onnx.export(model, (torch.from_numpy(x),), str(path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    return m, compare("onnx (onnxruntime)", "pytorch", ort_run(m, x), ref).require()
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise EdgeError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise EdgeError(f"{path} is not a readable ONNX model ({type(exc).__name__}); "
+                        "check the file is complete and was written by an ONNX exporter") from exc
+
+
+def io_signature(m: onnx.ModelProto) -> tuple[str, list[int], str]:
+    """(input name, input shape, output name) of a single-input single-output image model."""
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(m.graph.output) < 1:
+        raise EdgeError(f"expected one image input, found {len(inputs)} graph inputs: "
+                        f"{', '.join(i.name for i in inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims, m.graph.output[0].name
+
+
+def simplify(m: onnx.ModelProto, x: np.ndarray) -> tuple[onnx.ModelProto, Parity, tuple[int, int]]:
+    """onnxsim with its own check disabled; our check compares outputs on a real-range input."""
+    import onnxsim
+
+    try:
+        s, ok = onnxsim.simplify(m, check_n=0)
+    except Exception as exc:  # onnxsim raises RuntimeError/ValueError for graphs it cannot handle
+        raise EdgeError(f"onnxsim could not simplify the graph: {str(exc).splitlines()[0][:200]}") from exc
+    if not ok:
+        raise EdgeError("onnxsim reported that the simplified graph is invalid")
+    p = compare("simplified onnx", "onnx", ort_run(s, x), ort_run(m, x)).require()
+    return s, p, (len(m.graph.node), len(s.graph.node))

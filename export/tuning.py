@@ -1,0 +1,125 @@
+"""MetaSchedule tuning databases: where they live, which target they fit, and the tuning run itself.
+
+Databases are keyed by a fixed preset (``x86-64-v3``: AVX2+FMA, ``x86-64-v4``: AVX-512, ``cortex-a72``, ...),
+never by the host's exact CPU, so a database tuned on one machine applies on the next of the same class.
+Records whose target does not fit the compile target are ignored with a notice, never applied.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from edge.errors import EdgeError
+from export.targets import TargetPreset
+
+SHIPPED = Path(__file__).resolve().parent / "tuning"
+
+
+def _x86_level() -> str:
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "x86-64-v4"
+    if {"avx2", "fma", "bmi2"} <= flags:
+        return "x86-64-v3"
+    return "x86-64"
+
+
+def tuning_key(preset: TargetPreset) -> str:
+    """The fixed class a database is tuned for and shipped under."""
+    t = preset.target
+    if t.get("kind") == "cuda":
+        return "cuda"
+    mcpu = t.get("mcpu", "native")
+    if mcpu == "native":
+        return _x86_level() if preset.arch == "x86_64" else preset.arch
+    return str(mcpu)
+
+
+def database_dir(preset: TargetPreset, model: str, size: tuple[int, int]) -> Path | None:
+    return SHIPPED / tuning_key(preset) / f"{model}-{size[0]}x{size[1]}"
+
+
+def tuning_target(preset: TargetPreset, cuda_arch: str | None = None):
+    """The target tuning runs under: the preset, with x86 ``native`` replaced by its fixed class."""
+    import tvm
+
+    t = preset.resolved_target(cuda_arch)
+    if preset.target.get("mcpu") == "native":
+        t["mcpu"] = tuning_key(preset)
+    return tvm.target.Target(t)
+
+
+def _records_fit(record_target, target) -> bool:
+    rt, ct = record_target.export(), target.export()
+    if rt.get("kind") != ct.get("kind") or str(rt.get("mtriple", "")).split("-")[0] != \
+            str(ct.get("mtriple", "")).split("-")[0]:
+        return False
+    if rt.get("kind") == "cuda":
+        return rt.get("arch") == ct.get("arch")
+    return rt.get("mcpu") in (ct.get("mcpu"), None) or rt.get("mcpu") == _class_of(ct.get("mcpu"))
+
+
+def _class_of(mcpu: str | None) -> str | None:
+    if mcpu and not mcpu.startswith(("x86-64", "cortex")):
+        return _x86_level()  # a host CPU name: its class is the host's feature level
+    return mcpu
+
+
+def load_database(work_dir: Path, target):
+    """A MemoryDatabase with only the records that fit ``target``; prints how many were ignored."""
+    from tvm.s_tir import meta_schedule as ms
+
+    src = ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=False)
+    db = ms.database.MemoryDatabase()
+    used = ignored = 0
+    for rec in src.get_all_tuning_records():
+        if rec.target is not None and not _records_fit(rec.target, target):
+            ignored += 1
+            continue
+        db.commit_workload(rec.workload.mod)
+        db.commit_tuning_record(rec)
+        used += 1
+    if ignored:
+        print(f"notice: {ignored} tuning records in {work_dir} were made for another target and are ignored",
+              file=sys.stderr)
+    return db, used
+
+
+def _import_intrinsics() -> None:  # builder worker initializer: the import is slow, do it once per worker
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def tune(m, input_name: str, shape: list[int], preset: TargetPreset, work_dir: Path, trials: int,
+         cuda_arch: str | None = None, rpc: tuple[str, int, str] | None = None) -> None:
+    """Tune every fused kernel of the ONNX graph ``m`` into the JSON database at ``work_dir``."""
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from export.tvm_stage import import_onnx
+
+    if preset.is_cross and rpc is None:
+        raise EdgeError(f"tuning for {preset.name} must measure on the device: pass --rpc-tracker HOST:PORT "
+                        "--rpc-key KEY (a board or the emulated userland running a TVM RPC server)")
+    target = tuning_target(preset, cuda_arch)
+    mod = import_onnx(m, input_name, shape)
+    with target:
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = relax.get_pipeline("zero")(mod)
+    builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600, initializer=_import_intrinsics)
+    if rpc is not None:
+        host, port, key = rpc
+        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                                         session_timeout_sec=600), max_workers=1)
+    else:
+        runner = ms.runner.LocalRunner(timeout_sec=120)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ms.relax_integration.tune_relax(mod, {}, target, str(work_dir), max_trials_global=trials,
+                                    num_trials_per_iter=min(64, max(trials // 4, 2)), builder=builder,
+                                    runner=runner, seed=0)
