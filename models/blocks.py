@@ -61,10 +61,10 @@ class SegmentationModel(nn.Module):
 
     spec = None  # set by create_model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **kw):
         if self.spec is not None and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             self.spec.check_size(int(x.shape[-2]), int(x.shape[-1]))
-        return self.forward_features(x)
+        return self.forward_features(x, **kw)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_features(self, x: torch.Tensor, **kw):  # pragma: no cover - abstract
         raise NotImplementedError
