@@ -19,6 +19,7 @@ class Compiled:
     target: dict
     tuning_db: str | None
     tuned_tasks: int  # fused TIR functions that got a schedule from the database
+    hand_kernels: int = 0  # fused TIR functions replaced by a hand-written kernel (export.schedules)
 
 
 def import_onnx(m: onnx.ModelProto, input_name: str, shape: list[int]):
@@ -34,40 +35,71 @@ def import_onnx(m: onnx.ModelProto, input_name: str, shape: list[int]):
 
 
 def _lower(mod, target, database_dir: Path | None) -> tuple[object, int]:
-    """Legalize and fuse (the zero pipeline), applying tuned schedules from ``database_dir`` when given."""
+    """Legalize and fuse (the zero pipeline), put hand-written kernels in place of the fused convolutions
+    they recognise (:mod:`export.schedules`), then apply tuned schedules from ``database_dir`` to the rest."""
+    mod, tuned, _ = lower(mod, target, database_dir)
+    return mod, tuned
+
+
+def lower(mod, target, database_dir: Path | None = None, hand_kernels: bool = True):
+    """``_lower`` with its :class:`export.schedules.Report` (which kernels are hand-written)."""
     import tvm
     from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
+    from export import schedules
+
+    report = schedules.Report()
     with target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
+        if hand_kernels:
+            mod, rewrites = schedules.rewrite_graph(mod, target)
+        mod = relax.get_pipeline("zero")(mod)
+        if hand_kernels:
+            mod, report = schedules.apply(mod, target)
+            report.graph_rewrites = rewrites
         if database_dir is None:
-            return relax.get_pipeline("zero")(mod), 0
+            return mod, 0, report
         from export.tuning import load_database
 
         db, _ = load_database(database_dir, target)
-        with db:
-            lowered = relax.get_pipeline("zero")(mod)
-    tuned = sum(1 for _, f in lowered.functions.items()
-                if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs)
-    return lowered, tuned
+        mod = _apply_database(mod, db)
+    tuned = sum(1 for gv, f in mod.functions.items()
+                if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs
+                and gv.name_hint not in report.scheduled)
+    return mod, tuned, report
+
+
+def _apply_database(mod, db):
+    from tvm import relax
+
+    with db:
+        return relax.transform.MetaScheduleApplyDatabase()(mod)
 
 
 def compile_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset: TargetPreset, out: Path,
                     cuda_arch: str | None = None, database_dir: Path | None = None) -> Compiled:
     """Compile ``m`` for ``preset`` into the shared library ``out``."""
+    return build_library(m, input_name, shape, preset, out, cuda_arch, database_dir)
+
+
+def build_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset: TargetPreset, out: Path,
+                  cuda_arch: str | None = None, database_dir: Path | None = None,
+                  hand_kernels: bool = True) -> Compiled:
+    """``compile_library``, optionally without the hand-written kernels (TVM's default lowering, for
+    benchmarks that compare the two)."""
     import tvm
     from tvm.support import cc
 
     preset.check_toolchain()
     target = preset.tvm_target(cuda_arch)
     mod = import_onnx(m, input_name, shape)
-    tuned = 0
+    tuned = hand = 0
     if preset.device == "cuda":
         ex = tvm.compile(mod, target=target)  # the GPU pipeline schedules with dlight
     else:
-        mod, tuned = _lower(mod, target, database_dir)
+        mod, tuned, report = lower(mod, target, database_dir, hand_kernels=hand_kernels)
+        hand = report.count
         ex = tvm.compile(mod, target=target)
     try:
         if preset.cross_compiler:
@@ -77,7 +109,7 @@ def compile_library(m: onnx.ModelProto, input_name: str, shape: list[int], prese
     except Exception as exc:  # linker failures come back as RuntimeError with the compiler's output
         raise EdgeError(f"linking the library for {preset.name} failed: {str(exc).splitlines()[0][:200]}") from exc
     return Compiled(out, {**preset.resolved_target(cuda_arch), "str": str(target)},
-                    str(database_dir) if database_dir else None, tuned)
+                    str(database_dir) if database_dir else None, tuned, hand)
 
 
 def run_library(library: Path, x: np.ndarray, device: str = "cpu") -> np.ndarray:

@@ -1,0 +1,109 @@
+"""Hand-written CPU kernels for the fused TIR functions TVM's Relax CPU path leaves unscheduled.
+
+``apply(mod, target)`` replaces every fused PrimFunc it recognises (convolution + bias / clip / residual
+epilogue: 1x1, depthwise, small dense KxK) with a vectorised, register-tiled, parallel kernel marked
+``tirx.is_scheduled``; anything it does not recognise keeps TVM's default lowering. The kernels take
+their vector width from the target (4 lanes NEON, 8 AVX2, 16 AVX-512), so one code path serves the
+Cortex-A72 and x86.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from export.schedules.kernels import Cpu, generate
+from export.schedules.match import ConvMatch, match_conv
+
+__all__ = ["Cpu", "Report", "apply", "cpu_of", "match_conv", "rewrite_graph"]
+
+
+@dataclass
+class Report:
+    """Which fused functions got a hand-written kernel."""
+
+    scheduled: dict[str, str] = field(default_factory=dict)  # function name -> kernel kind
+    failed: dict[str, str] = field(default_factory=dict)  # recognised, but the kernel did not build
+    default: list[str] = field(default_factory=list)  # left to the default lowering
+    graph_rewrites: int = 0  # ops replaced before legalization (x2 upsample + concat)
+
+    @property
+    def count(self) -> int:
+        return len(self.scheduled) + self.graph_rewrites
+
+
+def cpu_of(target) -> Cpu:
+    """Vector lanes, registers and cores of an LLVM CPU target."""
+    from tvm.target import codegen
+
+    bits = int(codegen.llvm_get_vector_width(target))
+    lanes = max(4, bits // 32)
+    triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
+    if triple.startswith("aarch64") or lanes >= 16:
+        vregs = 32
+    else:
+        vregs = 16
+    cores = target.attrs.get("num-cores") if hasattr(target, "attrs") else None
+    threads = int(cores) if cores else (os.cpu_count() or 1)
+    return Cpu(lanes=lanes, vregs=vregs, threads=max(1, threads))
+
+
+def kernel_for(func, cpu: Cpu):
+    """The hand-written PrimFunc computing ``func``, None when it is not recognised."""
+    from tvm.script.parser.core.entry import parse
+
+    m = match_conv(func)
+    if m is None:
+        return None, None
+    src = generate(m, cpu)
+    if src is None:
+        return m, None
+    return m, parse(src)
+
+
+def apply(mod, target, log=None) -> tuple[object, Report]:
+    """Replace every recognised fused PrimFunc of ``mod`` with its hand-written kernel for ``target``."""
+    import tvm
+
+    cpu = cpu_of(target)
+    report = Report()
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        name = gv.name_hint
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+            continue
+        try:
+            m, new = kernel_for(func, cpu)
+        except Exception as exc:  # a generator bug must not break the export: keep the default, say so
+            report.failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            continue
+        if new is None:
+            report.default.append(name)
+            continue
+        attrs = {k: v for k, v in func.attrs.items()} if func.attrs is not None else {}
+        attrs.pop("tirx.is_scheduled", None)
+        for k, v in attrs.items():
+            new = new.with_attr(k, v)
+        updates[gv] = new
+        report.scheduled[name] = m.kind
+    for gv, new in updates.items():
+        mod[gv] = new
+    if report.failed:
+        msg = (f"notice: {len(report.failed)} recognised kernels kept TVM's default lowering because the "
+               f"hand-written kernel did not build: " + "; ".join(f"{k} ({v})" for k, v in report.failed.items()))
+        print(msg, file=sys.stderr)
+    return mod, report
+
+
+def rewrite_graph(mod, target) -> tuple[object, int]:
+    """Relax-level rewrites that must see op attributes (before legalization): x2 upsample + concat."""
+    from export.schedules.graph import rewrite_upsample_concat
+
+    try:
+        return rewrite_upsample_concat(mod, cpu_of(target))
+    except Exception as exc:  # never break an export over an optimisation: keep the graph, say so
+        print(f"notice: the upsample+concat rewrite failed and is skipped ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:160]})", file=sys.stderr)
+        return mod, 0

@@ -1,0 +1,152 @@
+"""Hand-written CPU kernels (export.schedules): what they replace, and that they compute the same thing."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from export.onnx_stage import ort_run, sample_input, simplify, torch_to_onnx
+from export.targets import get_target
+
+TOL = 1e-4
+
+
+def _lowered(m, shape, target_name="x86_64", hand_kernels=True):
+    from export.tvm_stage import import_onnx, lower
+
+    target = get_target(target_name).tvm_target()
+    mod = import_onnx(m, m.graph.input[0].name, list(shape))
+    return lower(mod, target, None, hand_kernels=hand_kernels), target
+
+
+def _run(m, shape, x, hand_kernels=True):
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    (mod, _, report), target = _lowered(m, shape, hand_kernels=hand_kernels)
+    ex = tvm.compile(mod, target=target)
+    vm = VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy(), report, mod
+
+
+def _onnx(net: nn.Module, shape, tmp_path: Path):
+    net.eval()
+    m, _ = torch_to_onnx(net, shape, tmp_path / "m.onnx")
+    s, _, _ = simplify(m, sample_input(shape))
+    return s
+
+
+@pytest.fixture(scope="module")
+def m2unet_small(tmp_path_factory, drive_weights):
+    from models import create_model
+
+    shape = (1, 3, 64, 96)
+    return _onnx(create_model("m2unet", weights=drive_weights), shape, tmp_path_factory.mktemp("m2u")), shape
+
+
+def test_m2unet_kernels_are_all_hand_written_and_match_onnxruntime(m2unet_small):
+    m, shape = m2unet_small
+    x = sample_input(shape, seed=3)
+    out, report, mod = _run(m, shape, x)
+    kinds = sorted(report.scheduled.values())
+    # 35 fused convolutions: the stem 3x3, 17 depthwise, 17 pointwise (some shared between blocks)
+    assert kinds.count("dense") == 1
+    assert kinds.count("depthwise") >= 10 and kinds.count("pointwise") >= 15
+    assert report.graph_rewrites == 4  # the decoder's four x2 upsample + skip concats
+    assert not report.failed and not report.default
+    assert np.abs(out - ort_run(m, x)).max() <= TOL
+
+
+class _Odd(nn.Module):
+    """Shapes that divide no tile: odd channel counts, odd sizes, stride 2, residuals, an upsample + concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem = nn.Conv2d(3, 19, 3, 2, 1)
+        self.dw = nn.Conv2d(19, 19, 3, 1, 1, groups=19)
+        self.dw2 = nn.Conv2d(19, 19, 3, 2, 1, groups=19)
+        self.pw = nn.Conv2d(19, 19, 1)
+        self.pw2 = nn.Conv2d(22, 7, 1)
+        self.big = nn.Conv2d(7, 5, 3, 1, 1)
+        self.dil = nn.Conv2d(5, 1, 3, 1, 2, dilation=2)  # not recognised: keeps the default lowering
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+
+    def forward(self, x):
+        a = torch.clamp(self.stem(x), 0, 6)
+        b = F.relu6(self.dw(a))
+        c = self.pw(b) + a
+        d = F.relu(self.dw2(c))
+        u = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)
+        u = u[:, :, : x.shape[2] // 2, : x.shape[3] // 2]
+        e = self.pw2(torch.cat([u, x[:, :, ::2, ::2]], dim=1))
+        return self.dil(F.relu(self.big(e)))
+
+
+@pytest.mark.parametrize("hw", [(22, 38), (6, 10), (2, 2)])
+def test_odd_shapes_match_onnxruntime(tmp_path, hw):
+    shape = (1, 3, *hw)
+    m = _onnx(_Odd(), shape, tmp_path)
+    x = sample_input(shape, seed=1)
+    out, report, _ = _run(m, shape, x)
+    assert {"dense", "depthwise", "pointwise"} <= set(report.scheduled.values())
+    assert any("conv2d" in name for name in report.default)  # the dilated one
+    ref = ort_run(m, x)
+    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
+
+
+def test_default_lowering_is_kept_on_request(m2unet_small):
+    m, shape = m2unet_small
+    x = sample_input(shape, seed=4)
+    out, report, mod = _run(m, shape, x, hand_kernels=False)
+    assert report.count == 0
+    assert np.abs(out - ort_run(m, x)).max() <= TOL
+
+
+def test_matcher_reads_what_the_fused_kernel_computes(m2unet_small):
+    import tvm
+
+    from export.schedules import match_conv
+
+    m, shape = m2unet_small
+    (mod, _, _), _ = _lowered(m, shape, hand_kernels=False)
+    found = {}
+    for gv, f in mod.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            found[gv.name_hint] = match_conv(f)
+    stem = found["fused_conv2d_add_maximum_minimum"]
+    assert (stem.kind, stem.cin, stem.cout, stem.kh, stem.sh, stem.ph, stem.ho, stem.wo) == \
+        ("dense", 3, 32, 3, 2, 1, 32, 48)
+    assert [(o.op, o.operand) for o in stem.epilogue] == [("add", "chan"), ("max", "scalar"), ("min", "scalar")]
+    res = [v for k, v in found.items() if k.endswith("_add6")][0]  # a projection with the residual add
+    assert res.kind == "pointwise" and [o.operand for o in res.epilogue] == ["chan", "tensor"]
+    assert all(v is None for k, v in found.items() if "resize" in k)
+
+
+@pytest.mark.cross
+def test_arm64_build_with_hand_kernels_compiles(tmp_path, m2unet_small):
+    import tvm
+    from tvm.support import cc
+
+    from export.targets import AARCH64_CXX
+
+    if get_target("arm64").is_cross:
+        import shutil
+
+        if shutil.which(AARCH64_CXX) is None:
+            pytest.skip(f"{AARCH64_CXX} is not installed")
+    m, shape = m2unet_small
+    (mod, _, report), target = _lowered(m, shape, "arm64")
+    assert report.count >= 30 and not report.failed
+    ex = tvm.compile(mod, target=target)
+    lib = tmp_path / "m.so"
+    ex.export_library(str(lib), fcompile=cc.cross_compiler(AARCH64_CXX))
+    assert lib.read_bytes()[18] == 183  # EM_AARCH64
+    asm = "".join(m_.inspect_source("asm") for m_ in ex.mod._collect_dso_modules())
+    assert re.search(r"fmla\s+v\d+\.4s", asm)  # NEON multiply-accumulate on 4-lane vectors
