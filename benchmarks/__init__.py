@@ -1,0 +1,1 @@
+"""edge-bench: complexity (params/MACs/sizes), latency, memory and energy of vessel-edge models, and reports."""

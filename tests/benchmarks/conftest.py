@@ -1,0 +1,56 @@
+"""Fixtures of the benchmark tests: run records built from the real record types (so they follow the schema)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from benchmarks.complexity import ComplexityRecord
+from benchmarks.latency import LABELS, LatencyStats
+from benchmarks.memory import MemoryRecord
+from benchmarks.power import EnergyRecord, unavailable
+from benchmarks.suite import CaseRecord
+
+
+def make_run(label: str, p50: dict[str, float], device: str = "cpu", energy_j: float | None = None,
+             hrf: bool = True) -> dict:
+    """A run of m2unet at 544 on ``p50``'s backends (plus a full HRF image), as run_plan returns it."""
+    cases = []
+    inputs = [("tile", None, [544, 544], 1)] + ([("image", "hrf", [2336, 3504], 40)] if hrf else [])
+    for kind, image, hw, tiles in inputs:
+        for b, ms in p50.items():
+            scale = tiles if kind == "image" else 1
+            lat = LatencyStats.from_samples([ms * scale * f for f in (0.9, 1.0, 1.0, 1.1, 1.3)], 3)
+            en = (EnergyRecord(meter="rapl", kind="measured", status="ok", source="RAPL package-0", images=5,
+                               duration_s=1.0, energy_j=energy_j, mean_power_w=energy_j,
+                               energy_per_image_j=energy_j / 5) if energy_j
+                  else unavailable("auto", "no meter can read here"))
+            cases.append(asdict(CaseRecord(
+                model="m2unet", backend=b, backend_label=LABELS[b], kind=kind, tile_hw=[544, 544], image=image,
+                image_hw=hw, tiles=tiles, status="ok", device=device, threads=2, cores=[0, 1],
+                latency=lat.to_json(), memory=MemoryRecord(300.0, 250.0, 280.0).to_json(), energy=en.to_json())))
+    cases.append(asdict(CaseRecord(model="m2unet", backend="torch-cuda", backend_label=LABELS["torch-cuda"],
+                                   kind="tile", tile_hw=[544, 544], image=None, image_hw=[544, 544], tiles=1,
+                                   status="unavailable: no CUDA device")))
+    cx = ComplexityRecord(model="m2unet", input_shape=[1, 3, 544, 544], params=549_748, params_source="pytorch",
+                          macs=1_418_860_528, gmacs=1.418860528, macs_by_op={"Conv": 1_418_860_528},
+                          other_ops={"Resize": 55_044_096, "Clip": 38_092_512}, other_gops=0.093,
+                          macs_torch_flopcounter=1_418_860_528, weights_file="M2UNetDRIVE.pth",
+                          weights_bytes=2_306_102, weights_bytes_source="file", onnx_bytes=2_180_000,
+                          library_bytes=2_720_000, paper_params=550_000, paper_gmacs=1.4,
+                          paper_gmacs_note="published at 544x544", tvm_planned_mib=69.6, tvm_unplanned_mib=233.8,
+                          tvm_planned_status="static plan")
+    return {"run_id": f"{label}-2026-01-01T00:00:00Z", "label": label, "created_utc": "2026-01-01T00:00:00Z",
+            "tool": "edge-bench",
+            "machine": {"hostname": label, "arch": "x86_64", "cpu_model": f"{label} CPU", "llvm_cpu": "znver4",
+                        "cores_logical": 2, "cores_physical": 2, "memory_total_mib": 8192.0, "gpus": [],
+                        "versions": {"torch": "2.13.0", "onnxruntime": "1.32.0", "tvm": "0.27.0"},
+                        "meter_sources": ["RAPL package-0"] if energy_j else []},
+            "settings": {"runs": 5, "threads": 2, "cores": [0, 1], "interleave": False},
+            "idle_power": None, "dice": {}, "complexity": [cx.to_json()], "cases": cases,
+            "notes": ["a note with <html> & characters"]}
+
+
+@pytest.fixture
+def run_factory():
+    return make_run
