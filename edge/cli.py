@@ -1,0 +1,356 @@
+"""``edge-run``: segment fundus photos on the device with a vessel-edge package; a thin layer over edge.segment."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import EdgeError, InputError, look_up_option
+
+EXIT_INTERRUPTED = 130
+# Overlay colours (RGB): predicted vessels without ground truth; with --truth: TP / FP / FN.
+VESSEL = (0, 255, 0)
+TP, FP, FN = (0, 255, 0), (255, 0, 255), (0, 160, 255)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edge.backends import CHOICES, available_cores
+    from edge.package import DEFAULT_DIR, ENV_VAR
+    from edge.tiling import BLENDS
+
+    p = argparse.ArgumentParser(
+        prog="edge-run",
+        description="Segment retinal vessels in fundus photos with a vessel-edge package (TVM or ONNX Runtime), "
+                    "tile by tile, and write probability maps and binary masks.",
+        epilog="Outputs per image in OUTDIR: <stem>_prob.png (8-bit probability), <stem>_mask.png (0/255), "
+               "optional <stem>_prob.tif (float32, --float) and <stem>_overlay.png (--overlay; vessels green; "
+               "with --truth: true positives green, false positives magenta, false negatives blue). "
+               "Probabilities and masks are 0 outside the field of view. "
+               "Exit codes: 0 all images ok; 2 usage or other error; 3 package error; 4 input error; "
+               "with failed images in a batch, the code of the first failure.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                   help="fundus photos (PNG, JPEG, TIFF 8/16-bit, BMP, PPM, GIF) or folders of them (all images "
+                        "directly inside, sorted by name)")
+    p.add_argument("--package", metavar="DIR", default=None,
+                   help=f"package directory made by edge-export (default: ${ENV_VAR}, else {DEFAULT_DIR})")
+    p.add_argument("-o", "--out", metavar="OUTDIR", default="edge-out",
+                   help="output folder, created if missing (default: ./edge-out)")
+    p.add_argument("--mask", metavar="PATH", default=None,
+                   help="field-of-view mask (file for every image, or folder with <stem>.* / <stem>_*.* per "
+                        "image); default: estimated from the dark border of each photo")
+    p.add_argument("--truth", metavar="PATH", default=None,
+                   help="ground-truth vessel map (file, or folder matched by stem like --mask): report Dice, "
+                        "sensitivity, specificity and accuracy inside the field of view")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="probability threshold of the binary mask (default: the package's, usually 0.5)")
+    p.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help="minimum overlap of neighbouring tiles in pixels, rounded up to the model's divisor "
+                        "(default: the package's)")
+    p.add_argument("--blend", default=None, metavar="MODE",
+                   help=f"tile blending weights: {', '.join(BLENDS)} (default: the package's, usually gaussian)")
+    p.add_argument("--backend", default="auto", metavar="NAME",
+                   help=f"{', '.join(CHOICES)}; auto = tvm when the package's library runs on this machine, "
+                        "else onnxruntime, announced (default: auto)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"inference threads (default: all cores of the affinity set, {available_cores()} here)")
+    p.add_argument("--cores", default=None, metavar="LIST",
+                   help="run only on these CPU cores, e.g. 4,5 (RK3399 big cores) or 0-3 (default: the cores this "
+                        "process may use now)")
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument("--float", dest="float_out", action="store_true", help="also write <stem>_prob.tif (float32)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the run summary as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="per-image timings; tracebacks on errors")
+    return p
+
+
+def parse_cores(text: str) -> list[int]:
+    cores: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                cores.update(range(a, b + 1))
+            elif part:
+                cores.add(int(part))
+    except ValueError:
+        raise InputError(f"--cores {text!r} is not a core list; write it like 4,5 or 0-3") from None
+    if not cores or min(cores) < 0:
+        raise InputError(f"--cores {text!r} is not a core list; write it like 4,5 or 0-3")
+    return sorted(cores)
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    from edge.imageio import IMAGE_SUFFIXES, list_images
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise InputError(f"no images in folder {p} (looked for {', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        else:
+            paths.append(p)
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems and stems[p.stem] != p:
+            raise InputError(f"{stems[p.stem]} and {p} share the name '{p.stem}', so their outputs would "
+                             "overwrite each other; run them with different -o folders")
+        stems[p.stem] = p
+    return list(dict.fromkeys(paths))
+
+
+def companion(path: Path, image: Path, what: str) -> Path:
+    """``path`` itself, or for a folder the one file named <stem>.* or <stem>_*.* for ``image``."""
+    if not path.is_dir():
+        return path
+    from edge.imageio import IMAGE_SUFFIXES
+
+    stem = image.stem
+    hits = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                  and (f.stem == stem or f.stem.startswith(stem + "_")))
+    exact = [f for f in hits if f.stem == stem]
+    if exact:
+        hits = exact
+    if len(hits) != 1:
+        problem = "no" if not hits else f"{len(hits)} candidate ({', '.join(f.name for f in hits)})"
+        raise InputError(f"{problem} {what} for {image.name} in {path} (looked for {stem}.* and {stem}_*.*); "
+                         f"name the {what} after the image")
+    return hits[0]
+
+
+def check_writable(out: Path) -> None:
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".edge-run-check."):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write into output folder {out} ({exc.strerror}); choose a writable folder "
+                         "with -o") from exc
+
+
+@dataclass
+class ImageReport:
+    input: str
+    ok: bool = False
+    error: str | None = None
+    exit_code: int | None = None
+    size: list[int] | None = None
+    tiles: int | None = None
+    fov_source: str | None = None
+    fov_fraction: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+
+
+def render_outputs(image: np.ndarray, result: Any, truth: np.ndarray | None, stem: str, out: Path,
+                   overlay: bool, float_out: bool) -> dict[str, tuple[Path, bytes]]:
+    """Encode every output of one image in memory (so a failure writes nothing)."""
+    from edge.imageio import encode_image
+
+    files = {
+        "prob": (out / f"{stem}_prob.png", encode_image(np.rint(result.prob * 255).astype(np.uint8), ".png")),
+        "mask": (out / f"{stem}_mask.png", encode_image(result.mask.astype(np.uint8) * 255, ".png")),
+    }
+    if float_out:
+        files["prob_float"] = (out / f"{stem}_prob.tif", encode_image(result.prob.astype(np.float32), ".tif"))
+    if overlay:
+        ov = image.copy()
+        if truth is None:
+            ov[result.mask] = VESSEL
+        else:
+            t = truth & result.fov
+            ov[result.mask & t] = TP
+            ov[result.mask & ~t] = FP
+            ov[~result.mask & t] = FN
+        files["overlay"] = (out / f"{stem}_overlay.png", encode_image(ov, ".png"))
+    return files
+
+
+def write_outputs(files: dict[str, tuple[Path, bytes]]) -> dict[str, str]:
+    from edge.imageio import write_atomic
+
+    written: list[Path] = []
+    try:
+        for path, data in files.values():
+            written.append(write_atomic(path, data))
+    except BaseException:
+        for path in written:  # all outputs of an image or none
+            path.unlink(missing_ok=True)
+        raise
+    return {name: str(path.resolve()) for name, (path, _) in files.items()}
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    b = s["backend"]
+    lines = [f"images: {s['ok']} ok, {s['failed']} failed"
+             + (f" ({', '.join(Path(i['input']).name for i in s['images'] if not i['ok'])})" if s["failed"] else "")]
+    per = s["per_image_s"]
+    lines.append(f"time: {s['total_s']:.2f} s total ({s['setup_s']:.2f} s setup), "
+                 + (f"{per:.3f} s per image" if per is not None else "no image done")
+                 + (f" (inference {s['inference_per_image_s']:.3f} s, {s['tiles_per_image']:.0f} tiles of "
+                    f"{s['options']['tile'][0]}x{s['options']['tile'][1]})" if per is not None else ""))
+    lines.append(f"backend: {b['name']} ({b['device']}, requested {b['requested']}), threads {b['threads']}"
+                 + (f" on cores {','.join(map(str, b['cores']))}" if b["cores"] else "")
+                 + f", machine {s['machine']}")
+    if b["fallback"]:
+        lines.append(f"fallback: {b['fallback']}")
+    m = s["metrics"]
+    if m:
+        lines.append(f"metrics (inside the FOV, pooled over {m['images']} images): dice {_fmt(m['dice'])}, "
+                     f"sensitivity {_fmt(m['sensitivity'])}, specificity {_fmt(m['specificity'])}, "
+                     f"accuracy {_fmt(m['accuracy'])}")
+    lines.append(f"outputs: {s['out']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """The work behind ``main``: returns the summary and the exit code; raises EdgeError for fatal errors."""
+    from tqdm import tqdm
+
+    from edge.backends import CHOICES, available_cores, create_backend, set_cores
+    from edge.imageio import read_image, read_mask, write_atomic
+    from edge.metrics import Confusion
+    from edge.package import host_arch, load_package
+    from edge.segment import resolve_options, segment
+    from edge.tiling import BLENDS
+
+    t_start = time.perf_counter()
+    backend_name = look_up_option(args.backend, CHOICES, "backend")
+    blend = look_up_option(args.blend, BLENDS, "blend mode") if args.blend else None
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads} must be at least 1")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise InputError(f"--threshold {args.threshold} is outside [0, 1]; pass a probability")
+    cores = parse_cores(args.cores) if args.cores else None
+    if cores:
+        set_cores(cores)
+    threads = args.threads or available_cores()
+    images = expand_inputs(args.inputs)
+    for opt, value in (("--mask", args.mask), ("--truth", args.truth)):
+        if value and not Path(value).exists():
+            raise InputError(f"{opt} {value}: no such file or folder")
+    pkg = load_package(args.package)
+    out = Path(args.out)
+    check_writable(out)
+    if args.json:
+        check_writable(Path(args.json).resolve().parent)
+    threshold, overlap, blend = resolve_options(pkg, args.threshold, args.overlap, blend)
+    choice = create_backend(pkg, backend_name, threads, pinned=bool(cores))
+    options = {"threshold": threshold, "overlap": overlap, "blend": blend, "tile": list(pkg.tile)}
+    setup_s = time.perf_counter() - t_start
+
+    reports: list[ImageReport] = []
+    pooled: Confusion | None = None
+    first_code = 0
+    bar = tqdm(images, desc="edge-run", unit="image", file=sys.stderr, disable=True if len(images) < 2 else None)
+    for path in bar:
+        rep = ImageReport(str(path))
+        t0 = time.perf_counter()
+        try:
+            image = read_image(path)
+            shape = image.shape[:2]
+            fov = read_mask(companion(Path(args.mask), path, "mask"), shape, "mask") if args.mask else None
+            truth = (read_mask(companion(Path(args.truth), path, "ground truth"), shape, "ground truth")
+                     if args.truth else None)
+            t_read = time.perf_counter()
+            result = segment(image, pkg, choice.backend, threshold=options["threshold"],
+                             overlap=options["overlap"], blend=options["blend"], fov=fov, truth=truth)
+            t_seg = time.perf_counter()
+            files = render_outputs(image, result, truth, path.stem, out, args.overlay, args.float_out)
+            rep.outputs = write_outputs(files)
+            t_end = time.perf_counter()
+        except (EdgeError, MemoryError) as exc:
+            err = exc if isinstance(exc, EdgeError) else EdgeError(f"out of memory ({exc}); use a smaller image")
+            rep.error, rep.exit_code = str(err), err.exit_code
+            first_code = first_code or err.exit_code
+            tqdm.write(f"error: {path}: {err}", file=sys.stderr)
+            if args.verbose:
+                tqdm.write(traceback.format_exc(), file=sys.stderr)
+            reports.append(rep)
+            continue
+        rep.ok = True
+        rep.size = [int(shape[0]), int(shape[1])]
+        rep.tiles = result.tiles
+        rep.fov_source, rep.fov_fraction = result.fov_source, round(result.fov_fraction, 6)
+        rep.timings_ms = {"read_ms": (t_read - t0) * 1e3, **result.timings_ms,
+                          "write_ms": (t_end - t_seg) * 1e3, "image_ms": (t_end - t0) * 1e3}
+        if result.confusion is not None:
+            rep.metrics = result.confusion.to_dict()
+            pooled = result.confusion if pooled is None else pooled + result.confusion
+        if result.fov_source == "estimated" and result.fov_fraction < 0.1:
+            tqdm.write(f"warning: {path}: the estimated field of view covers only {result.fov_fraction:.0%} of "
+                       "the image; check the photo or pass --mask", file=sys.stderr)
+        if args.verbose:
+            tqdm.write(f"{path}: {result.tiles} tiles, " + ", ".join(
+                f"{k} {v:.1f}" for k, v in rep.timings_ms.items()), file=sys.stderr)
+        reports.append(rep)
+
+    done = [r for r in reports if r.ok]
+    total_s = time.perf_counter() - t_start
+    summary: dict[str, Any] = {
+        "tool": "edge-run",
+        "machine": platform.machine(),
+        "arch": host_arch(),
+        "python": platform.python_version(),
+        "package": {"path": str(pkg.path.resolve()), "model": pkg.model_name, "arch": pkg.arch,
+                    "target": pkg.meta.get("target", {}).get("preset")},
+        "backend": {"name": choice.backend.name, "requested": choice.requested, "fallback": choice.fallback,
+                    "threads": threads, "cores": cores, "device": choice.backend.device},
+        "options": options,
+        "out": str(out.resolve()),
+        "ok": len(done),
+        "failed": len(reports) - len(done),
+        "total_s": total_s,
+        "setup_s": setup_s,
+        "per_image_s": (sum(r.timings_ms["image_ms"] for r in done) / len(done) / 1e3) if done else None,
+        "inference_per_image_s": (sum(r.timings_ms["inference_ms"] for r in done) / len(done) / 1e3)
+        if done else None,
+        "tiles_per_image": (sum(r.tiles or 0 for r in done) / len(done)) if done else None,
+        "metrics": ({**pooled.to_dict(), "images": len([r for r in done if r.metrics])} if pooled else None),
+        "images": [r.__dict__ for r in reports],
+        "exit_code": first_code,
+    }
+    if args.json:
+        write_atomic(args.json, (json.dumps(summary, indent=2) + "\n").encode())
+    return summary, first_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary, code = run(args)
+    except EdgeError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(format_summary(summary))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
