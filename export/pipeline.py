@@ -111,13 +111,13 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
             if len(shape) != 4 or min(shape) <= 0:
                 raise EdgeError(f"the ONNX input '{name}' has shape {shape}; pass --input-size HxW for a fixed shape")
             if input_size is not None:
-                from onnx.tools import update_model_dims
-
-                m = update_model_dims.update_inputs_outputs_dims(m, {name: shape}, {})
+                m = onnx_stage.with_input_shape(m, name, shape)
             x = onnx_stage.sample_input(tuple(shape))
             onnx_stage.ort_run(m, x)  # the repaired graph must run before anything else
+            # An ONNX file says nothing of its receptive field: overlap a quarter of the tile (64 px at most).
             meta_model = {"name": Path(model).stem, "source": "onnx", "divisor": 16, "mean": [0.0] * 3,
-                          "std": [1.0] * 3, "output": "logits", "threshold": 0.5, "overlap": 64,
+                          "std": [1.0] * 3, "output": "logits", "threshold": 0.5,
+                          "overlap": min(64, min(shape[2:]) // 4),
                           "default_tile": shape[2:], "untrained": False,
                           "weights": {"file": Path(model).name, "sha256": pkgfmt.sha256_file(model)},
                           "repairs": changes}
@@ -150,14 +150,14 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
             meta_model = {**spec.to_meta(), "source": "registry", "untrained": untrained,
                           "weights": None if weights is None else
                           {"file": Path(weights).name, "sha256": pkgfmt.sha256_file(weights)}}
-            stages.append(Stage("torch -> onnx", time.perf_counter() - t0, f"max|diff| {p.max_abs_diff:.2e}"))
+            stages.append(Stage("torch -> onnx", time.perf_counter() - t0, _parity_detail(p)))
 
         t0 = time.perf_counter()
         s, p, (n_before, n_after) = onnx_stage.simplify(m, x)
         parity.append(p.to_meta())
         onnx.save(s, str(tmp / pkgfmt.ONNX))
         stages.append(Stage("onnxsim", time.perf_counter() - t0,
-                            f"nodes {n_before} -> {n_after}, max|diff| {p.max_abs_diff:.2e}"))
+                            f"nodes {n_before} -> {n_after}, max|dp| {p.max_abs_diff:.1e}"))
         ref = onnx_stage.ort_run(s, x)
         complexity = count(s)
         if torch_params is not None:
@@ -201,7 +201,7 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                                    tvm_stage.run_library(twin_lib, x), ref).require()
             parity.append({**p.to_meta(), "ran_on": "host twin"})
             twin_lib.unlink()
-        stages.append(Stage("tvm parity", time.perf_counter() - t0, f"max|diff| {p.max_abs_diff:.2e}"))
+        stages.append(Stage("tvm parity", time.perf_counter() - t0, _parity_detail(p)))
 
         from export.tuning import tuning_key
 
@@ -231,6 +231,10 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
     return ExportResult(outdir, meta, stages, warns)
 
 
+def _parity_detail(p: onnx_stage.Parity) -> str:
+    return f"max|dp| {p.max_abs_diff:.1e} (logits {p.max_abs_diff_logits:.1e})"
+
+
 def _host_cpu_name() -> str:
     try:
         from export.targets import host_cpu
@@ -254,7 +258,7 @@ def fmt_summary(r: ExportResult) -> str:
                  f"params {c['params'] / 1e6:.3f} M  MACs {c['gmacs']:.3f} G")
     lines.append(f"target   {r.meta['target']['preset']}: {r.meta['target']['arch']}  "
                  f"{r.meta['target']['tvm_target'].get('mcpu', '')}")
-    lines.append("parity   " + "; ".join(f"{p['stage']} vs {p['reference']}: {p['max_abs_diff']:.2e}"
+    lines.append("parity   " + "; ".join(f"{p['stage']} vs {p['reference']}: {p['max_abs_diff']:.1e}"
                                         for p in r.meta["parity"]))
     if r.meta["model"].get("untrained"):
         lines.append("WARNING  untrained (random) weights: this package does not segment vessels")
