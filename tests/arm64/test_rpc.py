@@ -1,0 +1,162 @@
+"""benchmarks.remote over TVM RPC: a tracker on this host, an RPC server inside the emulated RK3399 userland (the
+loopback is shared), an aarch64 package run and timed there, labelled emulated; errors within bounded time."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from arm64_userland import stop
+from benchmarks.remote import request_session, run_remote
+from edge.errors import EdgeError
+
+KEY = "rk3399"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout_s: float, what: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: the process exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        if cond():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def servers(tracker: str) -> list:
+    from tvm import rpc
+
+    host, port = tracker.rsplit(":", 1)
+    t = rpc.connect_tracker(host, int(port))
+    try:
+        return t.summary()["server_info"]
+    finally:
+        t.close()
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("rpc") / "tracker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                 "--port", str(port), "--port-end", str(port + 1)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: accepts(port), 60, "the RPC tracker did not listen", proc, log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(userland, tracker, tmp_path_factory):
+    """``python3 -m tvm.exec.rpc_server`` inside the userland, registered with the tracker as rk3399."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("rpc") / "server.log"
+    with open(log, "w") as out:
+        proc = userland.popen("python3", "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", port,
+                              "--port-end", port + 1, "--tracker", tracker, "--key", KEY,
+                              stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: any(s.get("key") == f"server:{KEY}" for s in servers(tracker)), 180,
+                 "the emulated RPC server did not register with the tracker", proc, log)
+        yield tracker
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def arm_package(tmp_path_factory, cross_cxx) -> Path:
+    """m2unet for arm64 at 128x128 (random weights: parity, not vessels, is what is checked)."""
+    out = tmp_path_factory.mktemp("rpc-pkg") / "m2unet-arm64-128"
+    r = subprocess.run([Path(sys.executable).with_name("edge-export"), "m2unet", "--target", "arm64",
+                        "--input-size", "128", "--out", out], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.cross
+@pytest.mark.slow
+def test_run_remote_in_emulated_userland(server, arm_package):
+    r = run_remote(arm_package, tracker=server, key=KEY, runs=3, warmup=1, timeout_s=300)
+    assert r.platform.emulated
+    assert r.timing.startswith("emulated")
+    assert "/etc/vessel-edge-emulated" in r.platform.emulation
+    assert r.platform.cpu.startswith("2x Cortex-A72")
+    assert r.platform.os.startswith("Debian GNU/Linux 12")
+    assert r.platform.address.startswith("127.0.0.1:")
+    assert len(r.samples_ms) == 3 and min(r.samples_ms) > 0
+    assert r.min_ms <= r.p50_ms <= r.max_ms
+    assert r.parity_max_abs_diff is not None and r.parity_max_abs_diff <= 1e-4
+    assert r.parity_reference.startswith("onnxruntime")
+    assert r.upload_bytes == (arm_package / "model.so").stat().st_size
+    assert r.input_shape == (1, 3, 128, 128)
+
+
+@pytest.mark.cross
+@pytest.mark.slow
+def test_seconds_budget_stops_sampling_after_the_first_sample(server, arm_package):
+    """edge-bench passes --seconds: sampling stops when it runs out, after at least one sample."""
+    r = run_remote(arm_package, tracker=server, key=KEY, runs=5, warmup=0, seconds=0.01)
+    assert len(r.samples_ms) == 1 and r.samples_ms[0] > 0
+
+
+@pytest.mark.slow
+def test_unknown_key_errors_within_bounded_time(tracker):
+    t0 = time.monotonic()
+    with pytest.raises(EdgeError) as e:
+        request_session(tracker, "no-such-board", timeout_s=20)
+    assert time.monotonic() - t0 < 15
+    host, port = tracker.rsplit(":", 1)
+    msg = str(e.value)
+    assert f"{host}:{port}" in msg and "'no-such-board'" in msg and "rpc_server" in msg
+
+
+def test_unreachable_tracker_errors_within_bounded_time():
+    port = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(EdgeError) as e:
+        request_session(f"127.0.0.1:{port}", KEY, timeout_s=30)
+    assert time.monotonic() - t0 < 5
+    msg = str(e.value)
+    assert f"127.0.0.1:{port}" in msg and "unreachable" in msg and f"--key {KEY}" in msg
+
+
+def test_port_that_never_answers_errors_within_bounded_time():
+    with socket.socket() as silent:  # accepts connections (kernel backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(EdgeError, match="does not answer as a tracker"):
+            request_session(f"127.0.0.1:{port}", KEY, timeout_s=3)
+        assert time.monotonic() - t0 < 8
+
+
+def test_cli_reports_error_and_exit_code(tmp_path):
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "benchmarks.remote", str(tmp_path), "--rpc-tracker",
+                        f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    # the package is checked first: an empty directory is no package
+    assert r.returncode == 3 and r.stderr.startswith("error: no package at")
