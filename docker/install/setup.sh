@@ -8,24 +8,16 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-# shellcheck source=docker/install/versions.env
-. "$here/versions.env"
 demo=1
 [[ "${1:-}" == "--no-demo" ]] && demo=0
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 SUDO=""
-[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
 # 1. System packages: Python, the aarch64 cross compiler, QEMU user-mode + debootstrap, Chromium (report test).
-pkgs="$HOST_APT_BASE $HOST_APT_CROSS $HOST_APT_EMULATION $HOST_APT_REPORT"
-missing=""
-for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"; done
-if [[ -n "$missing" ]]; then
-  say "installing system packages:$missing"
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
-fi
+#    host_toolchain.sh installs only what is missing (the toolchain Dockerfile runs the same script).
+$SUDO bash "$here/host_toolchain.sh"
 
 # 2. The virtualenv with the whole toolchain (torch 2.13.0 CPU build, onnx, onnxsim, onnxruntime, TVM 0.27).
 cd "$root"
@@ -44,9 +36,7 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]] ||
 fi
 
 # 3. The emulated RK3399 userland (arm64 Debian under QEMU user-mode), provisioned by the device image's script.
-if [[ -x "$root/docker/arm64-userland.sh" ]]; then
-  bash "$root/docker/arm64-userland.sh" build
-fi
+$SUDO bash "$root/docker/arm64-userland.sh" build
 
 [[ $demo -eq 1 ]] || { say "ready (no demo asked)"; exit 0; }
 
@@ -60,10 +50,9 @@ edge-export m2unet --target x86_64 --out "$root/packages/m2unet-x86_64" --force
 python -c "import cv2, skimage.data as d; cv2.imwrite('$out/retina.png', d.retina()[:, :, ::-1])"
 say "segmenting a real fundus photograph (scikit-image retina, CC0) on this host"
 edge-run "$out/retina.png" --package "$root/packages/m2unet-x86_64" -o "$out/host" --overlay
-if [[ -x "$root/docker/arm64-userland.sh" ]]; then
-  say "segmenting it again inside the emulated arm64 userland with the aarch64 package"
-  bash "$root/docker/arm64-userland.sh" run -- edge-run "$out/retina.png" --package "$root/packages/m2unet-arm64" -o "$out/arm64"
-fi
+say "segmenting it again inside the emulated arm64 userland (QEMU) with the aarch64 package"
+$SUDO bash "$root/docker/arm64-userland.sh" run -- edge-run "$out/retina.png" --package "$root/packages/m2unet-arm64" \
+  -o "$out/arm64"
 say "benchmarking PyTorch, ONNX Runtime and TVM at 544x544 (report in $out/bench)"
 edge-bench m2unet --sizes 544 --backends torch,onnxruntime,tvm -o "$out/bench"
 say "done: outputs in $out"
