@@ -351,8 +351,9 @@ def ensure_package(model: str, target: str, size: tuple[int, int] | None, weight
     """Export (or reuse a matching earlier export of) ``model`` at ``size`` for ``target`` under ``outdir``.
 
     ``model`` is a registered name or an ONNX file (``size`` None: its own fixed shape). An earlier package is
-    reused when its source (weights file, or the ONNX file itself) has the same sha256, and target, input size
-    and TVM version match; otherwise it is exported again."""
+    reused when its source (weights file, or the ONNX file itself) has the same sha256, target, input size and
+    TVM version match, and the exporter's and model zoo's source code is unchanged since (a fingerprint kept
+    beside the package); otherwise it is exported again."""
     from edge.backends import installed_tvm_version
     from edge.package import load_package, sha256_file
     from export.pipeline import export_model
@@ -362,7 +363,10 @@ def ensure_package(model: str, target: str, size: tuple[int, int] | None, weight
     out = outdir / "packages" / f"{Path(model).stem if is_onnx else model}-{target}{suffix}"
     source = model if is_onnx else weights
     want_sha = sha256_file(source) if source else None
-    if (out / "meta.json").is_file():
+    stamp = out.parent / f".{out.name}.edge-bench.json"
+    fingerprint = exporter_fingerprint()
+    fresh = stamp.is_file() and json.loads(stamp.read_text() or "{}").get("fingerprint") == fingerprint
+    if fresh and (out / "meta.json").is_file():
         try:
             meta = load_package(out).meta
             have_sha = (meta["model"].get("weights") or {}).get("sha256")
@@ -377,7 +381,22 @@ def ensure_package(model: str, target: str, size: tuple[int, int] | None, weight
     log(f"exporting {model}{'' if size is None else f' {size[0]}x{size[1]}'} for {target} -> {out}")
     export_model(model, target, weights=None if is_onnx else weights, input_size=size, out=out,
                  cuda_arch=cuda_arch, force=True)
+    write_json_atomic(stamp, {"fingerprint": fingerprint})
     return out
+
+
+def exporter_fingerprint() -> str:
+    """sha256 over export/ (code and shipped tuning databases) and models/*.py: a package exported by other code
+    is not reused."""
+    import hashlib
+
+    files = [f for f in (ROOT / "export").rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+    files += list((ROOT / "models").rglob("*.py"))
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Artifact]:
