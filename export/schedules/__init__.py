@@ -45,7 +45,7 @@ def cpu_of(target) -> Cpu:
         vregs = 16
     cores = target.attrs.get("num-cores") if hasattr(target, "attrs") else None
     threads = int(cores) if cores else (os.cpu_count() or 1)
-    return Cpu(lanes=lanes, vregs=vregs, threads=max(1, threads))
+    return Cpu(lanes=lanes, vregs=vregs, threads=max(1, threads), maxnum=triple.startswith("aarch64"))
 
 
 def kernel_for(func, cpu: Cpu):

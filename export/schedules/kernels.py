@@ -13,6 +13,7 @@ Shapes never need to divide the tiles: the last tile of an axis is shifted back 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from export.schedules.match import ConvMatch, EpiOp
@@ -25,14 +26,18 @@ class Cpu:
     lanes: int  # float32 lanes in one vector register: 4 (NEON, SSE), 8 (AVX2), 16 (AVX-512)
     vregs: int  # architectural vector registers: 32 (AArch64, AVX-512), 16 (AVX2, SSE)
     threads: int  # cores the parallel loops are cut for
+    maxnum: bool = False  # clip with llvm.maxnum/minnum (one fmaxnm on AArch64; x86's vmaxps matches T.max)
 
 
 class _Code:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.depth = 0
+        self.j: str | None = None  # inside _Vec: what ``j`` stands for
 
     def __call__(self, text: str) -> "_Code":
+        if self.j is not None:
+            text = re.sub(r"\bj\b", self.j, text)
         self.lines.append("    " * self.depth + text)
         return self
 
@@ -55,6 +60,26 @@ class _Indent:
         self.code.depth -= 1
 
 
+class _Vec:
+    """``for j0 in unroll(kk): for j1 in vectorized(v): j = j0 * v + j1``: row segments as whole registers
+    (a single <kk*v x float> access keeps LLVM from promoting the accumulators to registers)."""
+
+    def __init__(self, code: _Code, v: int, kk: int) -> None:
+        self.code, self.v, self.kk = code, v, kk
+
+    def __enter__(self) -> None:
+        c = self.code
+        c(f"for j0 in T.unroll({self.kk}):")
+        c.depth += 1
+        c(f"for j1 in T.vectorized({self.v}):")
+        c.depth += 1
+        c.j = f"(j0 * {self.v} + j1)"  # substituted, not let-bound: a vector let miscompiles here
+
+    def __exit__(self, *exc) -> None:
+        self.code.depth -= 2
+        self.code.j = None
+
+
 def _i64(v: int) -> str:
     return f"T.int64({v})"
 
@@ -73,11 +98,27 @@ def _header(code: _Code, name: str, m: ConvMatch) -> None:
             code(f'f{i} = T.decl_buffer(({math.prod(s)},), "float32", data=p{i}.data)')
 
 
-def _epilogue(m: ConvMatch, v: str, c: str, s: str) -> str:
-    """The epilogue applied to value ``v`` at output channel ``c`` and flat spatial index ``s``."""
+def _init(m: ConvMatch, c: str) -> str:
+    """The accumulator's start: a per-channel / scalar bias added first is folded in (the sum then starts
+    from the bias instead of adding it at the end: the same value up to float rounding, one op less per
+    output vector)."""
+    if m.epilogue and m.epilogue[0].op == "add" and m.epilogue[0].operand in ("chan", "scalar", "const"):
+        return _operand(m.epilogue[0], c, "0", 0)
+    return "T.float32(0)"
+
+
+def _epilogue(m: ConvMatch, v: str, c: str, s: str, cpu: Cpu) -> str:
+    """The epilogue applied to value ``v`` at output channel ``c`` and flat spatial index ``s`` (after the
+    bias :func:`_init` folded into the accumulator)."""
     plane = m.ho * m.wo
-    for op in m.epilogue:
+    ops = m.epilogue[1:] if _init(m, c) != "T.float32(0)" else m.epilogue
+    for op in ops:
         o = _operand(op, c, s, plane)
+        if op.op in ("max", "min") and cpu.maxnum and op.operand != "tensor":
+            # T.max lowers to compare + select (fcmgt + bif on NEON); maxnum(v, bound) is the same value for
+            # every v, NaN included (both give the bound), as long as the bound itself is a number
+            v = f'T.call_llvm_pure_intrin("float32", "llvm.{op.op}num", {v}, {o})'
+            continue
         v = {"add": f"({v} + {o})", "sub": f"({v} - {o})", "rsub": f"({o} - {v})", "mul": f"({v} * {o})",
              "max": f"T.max({v}, {o})", "min": f"T.min({v}, {o})"}[op.op]
     return v
@@ -135,10 +176,10 @@ def pointwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
             with code.block(f"for mo in range({nblk}):" if nblk > 1 else "if True:"):
                 with code.block(f"for sm in range({sm}):"):
                     code(f'acc = T.decl_buffer(({rows}, {sw}), "float32", scope="local")')
+                    ch = f"{m0} + {mv} * {cb} + i"
                     with code.block(f"for i in T.unroll({rows}):"):
                         with code.block(f"for j in T.vectorized({sw}):"):
-                            code("acc[i, j] = T.float32(0)")
-                    ch = f"{m0} + {mv} * {cb} + i"
+                            code(f"acc[i, j] = {_init(m, ch)}")
                     with code.block(f"for k in range({K}):"):
                         with code.block(f"for i in T.unroll({rows}):"):
                             with code.block(f"for j0 in T.unroll({kk}):"):
@@ -148,76 +189,91 @@ def pointwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
                     with code.block(f"for i in T.unroll({rows}):"):
                         with code.block(f"for j in T.vectorized({sw}):"):
                             s = f"{base} + j"
-                            code(f"f{o}[({ch}) * {P} + {s}] = {_epilogue(m, 'acc[i, j]', ch, s)}")
+                            code(f"f{o}[({ch}) * {P} + {s}] = {_epilogue(m, 'acc[i, j]', ch, s, cpu)}")
     return code.text()
 
 
 # --------------------------------------------------------------------------------- row staging (shared)
 
-def _stage_rows(code: _Code, m: ConvMatch, rows: str, c: str, y: str, base: str, L: int) -> None:
-    """Copy the KH input rows output row ``y`` needs into ``rows[base + (ky * sw + q) * L + j]``, zero
-    padded, split by column phase q (stride sw): tap kx of output x then reads ``[(ky, kx % sw), x + kx // sw]``,
+def _stage_rows(code: _Code, m: ConvMatch, rows: str, c: str, y: str, base: str, L: int, nrows: int) -> None:
+    """Copy the ``nrows`` input rows from ``y * sh - ph`` on into ``rows[base + (r * sw + q) * L + j]``, zero
+    padded, split by column phase q (stride sw): tap kx of output x then reads ``[(r, kx % sw), x + kx // sw]``,
     contiguous in x for every stride."""
     s, W, H = m.sw, m.wd, m.h
-    with code.block(f"for ky in T.unroll({m.kh}):"):
-        code(f"iy = {y} * {m.sh} + ky - {m.ph}")
+    with code.block(f"for r in T.unroll({nrows}):"):
+        code(f"iy = {y} * {m.sh} + r - {m.ph}")
         with code.block(f"if iy >= 0 and iy < {H}:"):
-            for q in range(s):
-                lo = max(0, -(-(m.pw - q) // s))  # first j with j * s + q - pw >= 0
-                hi = max(lo, min(L, -(-(W + m.pw - q) // s)))  # first j with j * s + q - pw >= W
-                off = f"{base} + (ky * {s} + {q}) * {L}"
-                if lo > 0:
-                    with code.block(f"for j in T.vectorized({lo}):"):
-                        code(f"{rows}[{off} + j] = T.float32(0)")
-                if hi > lo:
-                    with code.block(f"for j in range({hi - lo}):"):
-                        code(f"{rows}[{off} + {lo} + j] = f{m.x}[(({c}) * {H} + iy) * {W} + (j + {lo}) * {s} + "
+            src = f"f{m.x}[(({c}) * {H} + iy) * {W} + "
+            span = [(max(0, -(-(m.pw - q) // s)), None) for q in range(s)]  # first j with j*s + q - pw >= 0
+            span = [(lo, max(lo, min(L, -(-(W + m.pw - q) // s)))) for q, (lo, _) in enumerate(span)]
+            jlo, jhi = max(lo for lo, _ in span), min(hi for _, hi in span)
+            # one loop over the columns every phase has, all phases in its body: LLVM turns the stride-s
+            # reads into wide loads + shuffles (ld2 on NEON) instead of one insert per element
+            if jhi > jlo:
+                with code.block(f"for j in range({jhi - jlo}):"):
+                    for q in range(s):
+                        code(f"{rows}[{base} + (r * {s} + {q}) * {L} + {jlo} + j] = {src}(j + {jlo}) * {s} + "
                              f"{q - m.pw}]")
-                if L > hi:
-                    with code.block(f"for j in T.vectorized({L - hi}):"):
-                        code(f"{rows}[{off} + {hi} + j] = T.float32(0)")
+            for q, (lo, hi) in enumerate(span):
+                off = f"{base} + (r * {s} + {q}) * {L}"
+                a, b = (lo, jlo) if jhi > jlo else (lo, hi)
+                for j0, j1, val in ((0, lo, None), (a, b, True), (max(jhi, lo) if jhi > jlo else hi, hi, True),
+                                    (hi, L, None)):
+                    if j1 <= j0:
+                        continue
+                    with code.block(f"for j in range({j1 - j0}):"):
+                        v = f"{src}(j + {j0}) * {s} + {q - m.pw}]" if val else "T.float32(0)"
+                        code(f"{rows}[{off} + {j0} + j] = {v}")
         with code.block("else:"):
             with code.block(f"for j in T.vectorized({s * L}):"):
-                code(f"{rows}[{base} + ky * {s * L} + j] = T.float32(0)")
+                code(f"{rows}[{base} + r * {s * L} + j] = T.float32(0)")
 
 
 # ------------------------------------------------------------------------------------------ depthwise
 
 def depthwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
-    """Depthwise KxK (any stride / padding): per channel and output row, the input rows are staged zero
-    padded (split by column phase for stride 2), then vector tiles along the row accumulate the taps."""
+    """Depthwise KxK (any stride / padding). Per channel, two output rows at a time: their input rows are
+    staged zero padded (split by column phase for stride 2), then vector tiles along the rows accumulate the
+    taps. Two rows share the staged rows between them, so loads stay below one per multiply-add."""
     C, Ho, Wo = m.cout, m.ho, m.wo
     s = m.sw
     v, kk = _fit_vector(Wo, cpu.lanes, 4 if cpu.lanes <= 4 else 2)
     xv = v * kk
     nxt = -(-Wo // xv)
     L = Wo + (m.kw - 1) // s + 1
-    nyb = max(1, min(Ho, -(-8 * cpu.threads // C)))  # row blocks: enough parallel work when C is small
-    yb = -(-Ho // nyb)
-    nyb = -(-Ho // yb)
+    R = 2 if Ho >= 2 else 1  # output rows per pass
+    nin = (R - 1) * m.sh + m.kh  # input rows they read
+    npass = -(-Ho // R)
+    nyb = max(1, min(npass, -(-8 * cpu.threads // C)))  # row blocks: enough parallel work when C is small
+    pb = -(-npass // nyb)  # passes per block
+    nyb = -(-npass // pb)
     code = _Code()
     _header(code, name, m)
     taps = m.kh * m.kw
     with code.block(f"for cy in T.parallel({C * nyb}):"):
-        code(f'rows = T.decl_buffer(({m.kh * s * L},), "float32", scope="local")')
-        code(f'acc = T.decl_buffer(({xv},), "float32", scope="local")')
+        code(f'rows = T.decl_buffer(({nin * s * L},), "float32", scope="local")')
+        code(f'acc = T.decl_buffer(({R}, {xv}), "float32", scope="local")')
         code(f"c = cy // {nyb}" if nyb > 1 else "c = cy")
-        with code.block(f"for yi in range({yb}):"):
-            code(f"y = (cy % {nyb}) * {yb} + yi" if nyb > 1 else "y = yi")
-            with code.block(f"if y < {Ho}:" if nyb * yb != Ho else "if True:"):
-                _stage_rows(code, m, "rows", "c", "y", "0", L)
+        with code.block(f"for pi in range({pb}):"):
+            code(f"p = (cy % {nyb}) * {pb} + pi" if nyb > 1 else "p = pi")
+            with code.block(f"if p < {npass}:" if nyb * pb != npass else "if True:"):
+                code(f"y = T.min(p * {R}, {Ho - R})")  # the last pass shifts back onto the last rows
+                _stage_rows(code, m, "rows", "c", "y", "0", L, nin)
                 with code.block(f"for xt in range({nxt}):"):
                     code(f"x0 = T.min(xt * {xv}, {Wo - xv})" if nxt > 1 else "x0 = 0")
-                    with code.block(f"for j in T.vectorized({xv}):"):
-                        code("acc[j] = T.float32(0)")
-                    with code.block(f"for ky in T.unroll({m.kh}):"):
-                        with code.block(f"for kx in T.unroll({m.kw}):"):
-                            with code.block(f"for j in T.vectorized({xv}):"):
-                                code(f"acc[j] = acc[j] + rows[(ky * {s} + kx % {s}) * {L} + x0 + kx // {s} + j] * "
-                                     f"f{m.w}[c * {taps} + ky * {m.kw} + kx]")
-                    with code.block(f"for j in T.vectorized({xv}):"):
-                        sp = f"y * {Wo} + x0 + j"
-                        code(f"f{m.out}[c * {Ho * Wo} + {sp}] = {_epilogue(m, 'acc[j]', 'c', sp)}")
+                    with code.block(f"for i in T.unroll({R}):"):
+                        with _Vec(code, v, kk):
+                            code(f"acc[i, j] = {_init(m, 'c')}")
+                    with code.block(f"for i in T.unroll({R}):"):
+                        with code.block(f"for ky in T.unroll({m.kh}):"):
+                            with code.block(f"for kx in T.unroll({m.kw}):"):
+                                with _Vec(code, v, kk):
+                                    code(f"acc[i, j] = acc[i, j] + rows[((i * {m.sh} + ky) * {s} + kx % {s}) * {L} + x0"
+                                         f" + kx // {s} + j] * f{m.w}[c * {taps} + ky * {m.kw} + kx]")
+                    with code.block(f"for i in T.unroll({R}):"):
+                        with _Vec(code, v, kk):
+                            sp = f"(y + i) * {Wo} + x0 + j"
+                            code(f"f{m.out}[c * {Ho * Wo} + {sp}] = {_epilogue(m, 'acc[i, j]', 'c', sp, cpu)}")
     return code.text()
 
 
@@ -252,7 +308,7 @@ def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     with code.block(f"for y in T.parallel({Ho}):"):
         code(f'rows = T.decl_buffer(({K * per_ci},), "float32", scope="local")')
         with code.block(f"for ci in range({K}):"):
-            _stage_rows(code, m, "rows", "ci", "y", f"ci * {per_ci}", L)
+            _stage_rows(code, m, "rows", "ci", "y", f"ci * {per_ci}", L, m.kh)
         for m0, nrow, nblk in ((0, cb, M // cb), ((M // cb) * cb, M % cb, 1)):
             if nrow == 0 or nblk == 0:
                 continue
@@ -261,22 +317,22 @@ def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
                 with code.block(f"for xt in range({nxt}):"):
                     code(f"x0 = T.min(xt * {xv}, {Wo - xv})" if nxt > 1 else "x0 = 0")
                     code(f'acc = T.decl_buffer(({nrow}, {xv}), "float32", scope="local")')
-                    with code.block(f"for i in T.unroll({nrow}):"):
-                        with code.block(f"for j in T.vectorized({xv}):"):
-                            code("acc[i, j] = T.float32(0)")
                     ch = f"{m0} + {mv} * {cb} + i"
+                    with code.block(f"for i in T.unroll({nrow}):"):
+                        with _Vec(code, v, kk):
+                            code(f"acc[i, j] = {_init(m, ch)}")
                     with code.block(f"for ci in range({K}):"):
                         with code.block(f"for ky in T.unroll({m.kh}):"):
                             with code.block(f"for kx in T.unroll({m.kw}):"):
                                 with code.block(f"for i in T.unroll({nrow}):"):
-                                    with code.block(f"for j in T.vectorized({xv}):"):
+                                    with _Vec(code, v, kk):
                                         code(f"acc[i, j] = acc[i, j] + rows[ci * {per_ci} + (ky * {s} + kx % {s}) * {L}"
                                              f" + x0 + kx // {s} + j] * f{m.w}[(({ch}) * {K} + ci) * {taps} + ky * "
                                              f"{m.kw} + kx]")
                     with code.block(f"for i in T.unroll({nrow}):"):
-                        with code.block(f"for j in T.vectorized({xv}):"):
+                        with _Vec(code, v, kk):
                             sp = f"y * {Wo} + x0 + j"
-                            code(f"f{m.out}[({ch}) * {Ho * Wo} + {sp}] = {_epilogue(m, 'acc[i, j]', ch, sp)}")
+                            code(f"f{m.out}[({ch}) * {Ho * Wo} + {sp}] = {_epilogue(m, 'acc[i, j]', ch, sp, cpu)}")
     return code.text()
 
 
