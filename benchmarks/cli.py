@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, run_cli
 
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,16 +166,14 @@ def report_main(argv: list[str]) -> int:
     from benchmarks.report import merge, write_report
 
     args = build_report_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         doc = merge(args.files)
         paths = write_report(doc, args.out)
-    except EdgeError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"merged {len(doc['runs'])} run(s) into {paths['report.html']}")
-    return 0
+        print(f"merged {len(doc['runs'])} run(s) into {paths['report.html']}")
+        return 0
+
+    return run_cli(body, args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "report":
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         from benchmarks.report import document, write_report
         from benchmarks.suite import run_plan
 
@@ -193,16 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         run = run_plan(plan, verbose=args.verbose)
         doc = document([run])
         paths = write_report(doc, plan.outdir)
-    except EdgeError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(format_summary(doc, paths))
-    return 0
+        print(format_summary(doc, paths))
+        return 0
+
+    return run_cli(body, args.verbose)
 
 
 if __name__ == "__main__":

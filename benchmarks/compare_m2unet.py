@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVE_WEIGHTS = ROOT.parent / "shared" / "models" / "m2unet" / "M2UNetDRIVE.pth"
@@ -37,34 +36,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from benchmarks.cli import format_summary
-        from benchmarks.latency import CPU_BACKENDS, LABELS
-        from benchmarks.report import document, fmt_ratio, ratios, write_report
-        from benchmarks.suite import Plan, run_plan
+    return run_cli(lambda: _compare(args), args.verbose)
 
-        cores = None
-        if args.cores:
-            from edge.cli import parse_cores
 
-            cores = parse_cores(args.cores)
-        plan = Plan(models=["m2unet"], sizes=[(args.size, args.size)], backends=list(CPU_BACKENDS),
-                    images=[] if args.images.strip().lower() == "none" else args.images.split(","),
-                    runs=args.runs, seconds=args.seconds, threads=args.threads, cores=cores, weights=args.weights,
-                    interleave=True, outdir=args.out, label="compare_m2unet")
-        run = run_plan(plan, verbose=args.verbose)
-        doc = document([run])
-        paths = write_report(doc, args.out)
-    except EdgeError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+def _compare(args: argparse.Namespace) -> int:
+    from benchmarks.cli import format_summary
+    from benchmarks.latency import CPU_BACKENDS, LABELS
+    from benchmarks.report import document, fmt_ratio, ratios, write_report
+    from benchmarks.suite import Plan, run_plan
+
+    cores = None
+    if args.cores:
+        from edge.cli import parse_cores
+
+        cores = parse_cores(args.cores)
+    plan = Plan(models=["m2unet"], sizes=[(args.size, args.size)], backends=list(CPU_BACKENDS),
+                images=[] if args.images.strip().lower() == "none" else args.images.split(","),
+                runs=args.runs, seconds=args.seconds, threads=args.threads, cores=cores, weights=args.weights,
+                interleave=True, outdir=args.out, label="compare_m2unet")
+    run = run_plan(plan, verbose=args.verbose)
+    doc = document([run])
+    paths = write_report(doc, args.out)
     print(format_summary(doc, paths))
     print()
     tile = [c for c in run["cases"] if c["kind"] == "tile" and c["status"] == "ok"]
     threads = tile[0]["threads"] if tile else "?"
-    print(f"M2U-Net {args.size}x{args.size}, {threads} threads, backends interleaved in one process:")
+    print(f"M2U-Net {args.size}x{args.size}, {threads} threads, backends interleaved in one process "
+          "(ratio of p50 latencies: below 1x the first is faster):")
     for num, den in PAIRS:
         for q in ratios(run, num, den):
             if q["case"].startswith("tile"):

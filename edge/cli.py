@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import EdgeError, InputError, look_up_option
+from edge.errors import EdgeError, InputError, look_up_option, run_cli
 
-EXIT_INTERRUPTED = 130
 # Overlay colours (RGB): predicted vessels without ground truth; with --truth: TP / FP / FN.
 VESSEL = (0, 255, 0)
 TP, FP, FN = (0, 255, 0), (255, 0, 255), (0, 160, 255)
@@ -338,18 +337,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         summary, code = run(args)
-    except EdgeError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(format_summary(summary))
-    return code
+        print(format_summary(summary))
+        return code
+
+    return run_cli(body, args.verbose)
 
 
 if __name__ == "__main__":

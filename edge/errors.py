@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import sys
+import traceback
+from collections.abc import Callable, Iterable
 
 
 class EdgeError(Exception):
@@ -40,3 +42,23 @@ def look_up_option(value: str, choices: Iterable[str], what: str = "option") -> 
     close = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ";"
     raise EdgeError(f"unknown {what} '{value}'{hint} choices: {', '.join(options)}")
+
+
+EXIT_INTERRUPTED = 130
+
+
+def run_cli(body: Callable[[], int], verbose: bool = False) -> int:
+    """Run a command's body: an :class:`EdgeError` becomes one ``error: ...`` line on stderr and its exit code.
+
+    Tracebacks are shown only with ``verbose`` (``-v``). Every console script goes through here.
+    """
+    try:
+        return body()
+    except EdgeError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; outputs in progress were not kept", file=sys.stderr)
+        return EXIT_INTERRUPTED

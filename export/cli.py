@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
-from edge.errors import EdgeError
+from edge.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,23 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(list_models()))
         return 0
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         from export.pipeline import export_model, fmt_summary, parse_size
 
         result = export_model(args.model, target=args.target, weights=args.weights,
                               input_size=parse_size(args.input_size) if args.input_size else None, out=args.out,
                               cuda_arch=args.cuda_arch, tuning_db=args.tuning_db, tune_trials=args.tune,
                               force=args.force)
-    except EdgeError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(fmt_summary(result))
-    return 0
+        print(fmt_summary(result))
+        return 0
+
+    return run_cli(body, args.verbose)
 
 
 if __name__ == "__main__":

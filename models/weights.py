@@ -1,21 +1,12 @@
 """Loading state dicts into zoo models, with errors that name the keys that do not fit."""
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import torch
 
 from edge.errors import EdgeError
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
