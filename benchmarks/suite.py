@@ -420,8 +420,9 @@ def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Art
             log(f"note: the PyTorch case of package {p} uses random weights (a package holds no .pth; "
                 "pass --weights); latency does not depend on weight values")
         m = pkg.meta["model"]
+        # With --rpc-tracker the package itself goes to the board (typically an arm64 package).
         return [Artifact(name, registered, plan.weights, tile, int(m.get("divisor", 16)), int(m.get("overlap", 0)),
-                         package=str(p))]
+                         package=str(p), remote_package=str(p) if plan.rpc_tracker else None)]
     if item.lower().endswith(".onnx"):
         if not p.is_file():
             raise EdgeError(f"ONNX file not found: {p}")

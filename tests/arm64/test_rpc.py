@@ -160,3 +160,23 @@ def test_cli_reports_error_and_exit_code(tmp_path):
                        cwd=Path(__file__).resolve().parents[2])
     # the package is checked first: an empty directory is no package
     assert r.returncode == 3 and r.stderr.startswith("error: no package at")
+
+
+@pytest.mark.cross
+@pytest.mark.slow
+def test_edge_bench_measures_a_package_through_the_tracker(server, arm_package, tmp_path):
+    """`edge-bench PACKAGE --rpc-tracker HOST:PORT --rpc-key rk3399`: uploaded, run and timed remotely, checked."""
+    import json
+
+    from benchmarks.cli import main
+
+    rc = main([str(arm_package), "--rpc-tracker", server, "--rpc-key", KEY, "--backends", "onnxruntime",
+               "--runs", "2", "-o", str(tmp_path / "bench")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "bench" / "results.json").read_text())
+    remote = [c for run in doc["runs"] for c in run["cases"] if c["backend"] == "tvm-rpc"]
+    assert len(remote) == 1 and remote[0]["status"] == "ok"
+    assert remote[0]["info"]["parity_max_abs_diff"] <= 1e-4
+    assert remote[0]["info"]["timing"].startswith("emulated")
+    assert any("emulated" in n and "not a board timing" in n for n in remote[0]["notes"])
+    assert remote[0]["latency"]["n_samples"] >= 1
