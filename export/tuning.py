@@ -53,7 +53,21 @@ def tuning_target(preset: TargetPreset, cuda_arch: str | None = None):
     t = preset.resolved_target(cuda_arch)
     if preset.target.get("mcpu") == "native":
         t["mcpu"] = tuning_key(preset)
+    if t.get("kind") == "llvm" and "num-cores" not in t:
+        # MetaSchedule's CPU rules size parallel loops by it and refuse a target without it
+        t["num-cores"] = _physical_cores()
     return tvm.target.Target(t)
+
+
+def _physical_cores() -> int:
+    import os
+
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return os.cpu_count() or 1
 
 
 def _records_fit(record_target, target) -> bool:
@@ -97,21 +111,33 @@ def _import_intrinsics() -> None:  # builder worker initializer: the import is s
 
 
 def tune(m, input_name: str, shape: list[int], preset: TargetPreset, work_dir: Path, trials: int,
-         cuda_arch: str | None = None, rpc: tuple[str, int, str] | None = None) -> None:
-    """Tune every fused kernel of the ONNX graph ``m`` into the JSON database at ``work_dir``."""
-    from tvm import relax
+         cuda_arch: str | None = None, rpc: tuple[str, int, str] | None = None) -> int:
+    """Tune the fused kernels of the ONNX graph ``m`` into the JSON database at ``work_dir``.
+
+    Kernels that get a hand-written schedule (:mod:`export.schedules`) are not tuned: they are marked
+    scheduled before task extraction, so the trials go to the rest. Returns how many kernels were tuned; a
+    graph with none left still gets an (empty) database, so ``--tuning-db DIR`` works the same either way.
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    from export.tvm_stage import import_onnx
+    from export.tvm_stage import import_onnx, lower
 
     if preset.is_cross and rpc is None:
         raise EdgeError(f"tuning for {preset.name} must measure on the device: pass --rpc-tracker HOST:PORT "
                         "--rpc-key KEY (a board or the emulated userland running a TVM RPC server)")
     target = tuning_target(preset, cuda_arch)
     mod = import_onnx(m, input_name, shape)
-    with target:
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod = relax.get_pipeline("zero")(mod)
+    mod, _, report = lower(mod, target, None, hand_kernels=preset.device == "cpu")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # MetaSchedule skips a task only when its module (not its function) says scheduled: filter here
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
+             if not any(f.attrs is not None and "tirx.is_scheduled" in f.attrs
+                        for _, f in t.dispatched[0].functions.items())]
+    if not tasks:
+        ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=True)  # writes the two empty files
+        print(f"notice: nothing to tune: all {report.count} fused kernels have hand-written schedules; "
+              f"{work_dir} holds an empty database", file=sys.stderr)
+        return 0
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600, initializer=_import_intrinsics)
     if rpc is not None:
         host, port, key = rpc
@@ -119,7 +145,8 @@ def tune(m, input_name: str, shape: list[int], preset: TargetPreset, work_dir: P
                                                          session_timeout_sec=600), max_workers=1)
     else:
         runner = ms.runner.LocalRunner(timeout_sec=120)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    ms.relax_integration.tune_relax(mod, {}, target, str(work_dir), max_trials_global=trials,
-                                    num_trials_per_iter=min(64, max(trials // 4, 2)), builder=builder,
-                                    runner=runner, seed=0)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir), seed=0)
+    ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                       max_trials_global=max(trials, len(tasks)), num_trials_per_iter=min(64, max(trials // 4, 2)),
+                       builder=builder, runner=runner)
+    return len(tasks)

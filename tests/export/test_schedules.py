@@ -150,3 +150,46 @@ def test_arm64_build_with_hand_kernels_compiles(tmp_path, m2unet_small):
     assert lib.read_bytes()[18] == 183  # EM_AARCH64
     asm = "".join(m_.inspect_source("asm") for m_ in ex.mod._collect_dso_modules())
     assert re.search(r"fmla\s+v\d+\.4s", asm)  # NEON multiply-accumulate on 4-lane vectors
+
+
+class _Pooled(nn.Module):
+    """A conv the hand kernels take and a max-pool they do not: the pool is what tuning gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return F.max_pool2d(F.relu(self.conv(x)), 2)
+
+
+@pytest.mark.slow
+def test_tuning_two_trials_writes_a_database_the_compile_applies(tmp_path):
+    from export.targets import get_target
+    from export.tuning import load_database, tune
+    from export.tvm_stage import compile_library, run_library
+
+    shape = (1, 3, 16, 16)
+    m = _onnx(_Pooled(), shape, tmp_path)
+    db = tmp_path / "db"
+    preset = get_target("x86_64")
+    tasks = tune(m, m.graph.input[0].name, list(shape), preset, db, trials=2)
+    assert tasks == 1  # the 1x1 convolution is hand-written, only the pool is tuned
+    _, used = load_database(db, preset.tvm_target())
+    assert used >= 1
+    c = compile_library(m, m.graph.input[0].name, list(shape), preset, tmp_path / "m.so", database_dir=db)
+    assert c.tuned_tasks == 1 and c.hand_kernels == 1
+    x = sample_input(shape)
+    assert np.abs(run_library(c.library, x) - ort_run(m, x)).max() <= TOL
+
+
+def test_tuning_a_fully_hand_scheduled_graph_leaves_an_empty_database(tmp_path, capsys):
+    from export.targets import get_target
+    from export.tuning import tune
+
+    shape = (1, 3, 16, 16)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+    m = _onnx(net, shape, tmp_path)
+    assert tune(m, m.graph.input[0].name, list(shape), get_target("x86_64"), tmp_path / "db", trials=2) == 0
+    assert (tmp_path / "db" / "database_tuning_record.json").is_file()
+    assert "nothing to tune" in capsys.readouterr().err
