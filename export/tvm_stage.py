@@ -58,6 +58,7 @@ def lower(mod, target, database_dir: Path | None = None, hand_kernels: bool = Tr
         if hand_kernels:
             mod, report = schedules.apply(mod, target)
             report.graph_rewrites = rewrites
+            mod = schedules.fuse(mod, target, report)
         if database_dir is None:
             return mod, 0, report
         from export.tuning import load_database

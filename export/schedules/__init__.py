@@ -26,6 +26,8 @@ class Report:
     failed: dict[str, str] = field(default_factory=dict)  # recognised, but the kernel did not build
     default: list[str] = field(default_factory=list)  # left to the default lowering
     graph_rewrites: int = 0  # ops replaced before legalization (x2 upsample + concat)
+    fused: list[str] = field(default_factory=list)  # conv chains streamed row by row (export.schedules.fused)
+    matches: dict = field(default_factory=dict)  # function name -> ConvMatch, as FuseTIR made them
 
     @property
     def count(self) -> int:
@@ -88,6 +90,7 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
             new = new.with_attr(k, v)
         updates[gv] = new
         report.scheduled[name] = m.kind
+        report.matches[name] = m
     for gv, new in updates.items():
         mod[gv] = new
     if report.failed:
@@ -107,3 +110,17 @@ def rewrite_graph(mod, target) -> tuple[object, int]:
         print(f"notice: the upsample+concat rewrite failed and is skipped ({type(exc).__name__}: "
               f"{str(exc).splitlines()[0][:160]})", file=sys.stderr)
         return mod, 0
+
+
+def fuse(mod, target, report: Report):
+    """Stream conv -> depthwise -> pointwise chains row by row (export.schedules.fused); needs ``apply`` first."""
+    from export.schedules.fused import fuse_chains
+
+    try:
+        mod, done = fuse_chains(mod, report.matches, cpu_of(target))
+    except Exception as exc:  # never break an export over an optimisation: keep the graph, say so
+        print(f"notice: chain fusion failed and is skipped ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:200]})", file=sys.stderr)
+        return mod
+    report.fused = done
+    return mod

@@ -98,22 +98,23 @@ def _header(code: _Code, name: str, m: ConvMatch) -> None:
             code(f'f{i} = T.decl_buffer(({math.prod(s)},), "float32", data=p{i}.data)')
 
 
-def _init(m: ConvMatch, c: str) -> str:
+def _init(m: ConvMatch, c: str, names=None) -> str:
     """The accumulator's start: a per-channel / scalar bias added first is folded in (the sum then starts
     from the bias instead of adding it at the end: the same value up to float rounding, one op less per
     output vector)."""
     if m.epilogue and m.epilogue[0].op == "add" and m.epilogue[0].operand in ("chan", "scalar", "const"):
-        return _operand(m.epilogue[0], c, "0", 0)
+        return _operand(m.epilogue[0], c, "0", 0, names)
     return "T.float32(0)"
 
 
-def _epilogue(m: ConvMatch, v: str, c: str, s: str, cpu: Cpu) -> str:
+def _epilogue(m: ConvMatch, v: str, c: str, s: str, cpu: Cpu, names=None) -> str:
     """The epilogue applied to value ``v`` at output channel ``c`` and flat spatial index ``s`` (after the
-    bias :func:`_init` folded into the accumulator)."""
+    bias :func:`_init` folded into the accumulator). ``names(i)`` gives (flat view, buffer) of parameter i of
+    ``m``'s function in the generated kernel (default ``f{i}``, ``p{i}``)."""
     plane = m.ho * m.wo
     ops = m.epilogue[1:] if _init(m, c) != "T.float32(0)" else m.epilogue
     for op in ops:
-        o = _operand(op, c, s, plane)
+        o = _operand(op, c, s, plane, names)
         if op.op in ("max", "min") and cpu.maxnum and op.operand != "tensor":
             # T.max lowers to compare + select (fcmgt + bif on NEON); maxnum(v, bound) is the same value for
             # every v, NaN included (both give the bound), as long as the bound itself is a number
@@ -124,14 +125,15 @@ def _epilogue(m: ConvMatch, v: str, c: str, s: str, cpu: Cpu) -> str:
     return v
 
 
-def _operand(op: EpiOp, c: str, s: str, plane: int) -> str:
+def _operand(op: EpiOp, c: str, s: str, plane: int, names=None) -> str:
+    flat, raw = names(op.param) if names is not None and op.param is not None else (f"f{op.param}", f"p{op.param}")
     if op.operand == "const":
         return f"T.float32({float(op.value)!r})"
     if op.operand == "scalar":
-        return f"p{op.param}[()]"
+        return f"{raw}[()]"
     if op.operand == "chan":
-        return f"f{op.param}[{c}]"
-    return f"f{op.param}[({c}) * {plane} + {s}]"
+        return f"{flat}[{c}]"
+    return f"{flat}[({c}) * {plane} + {s}]"
 
 
 def _fit_vector(n: int, lanes: int, nvec: int) -> tuple[int, int]:

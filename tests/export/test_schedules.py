@@ -75,30 +75,79 @@ class _Odd(nn.Module):
         self.pw2 = nn.Conv2d(22, 7, 1)
         self.big = nn.Conv2d(7, 5, 3, 1, 1)
         self.dil = nn.Conv2d(5, 1, 3, 1, 2, dilation=2)  # not recognised: keeps the default lowering
+        self.ex = nn.Conv2d(19, 29, 1)  # an inverted residual with stride 2: expand, depthwise s2, project
+        self.dw3 = nn.Conv2d(29, 29, 3, 2, 1, groups=29)
+        self.pr = nn.Conv2d(29, 3, 1)
+        self.ex2 = nn.Conv2d(19, 41, 1)  # and one with stride 1 and the residual add
+        self.dw4 = nn.Conv2d(41, 41, 3, 1, 1, groups=41)
+        self.pr2 = nn.Conv2d(41, 19, 1)
         for p in self.parameters():
             p.data = torch.randn(p.shape, generator=g) * 0.3
 
     def forward(self, x):
         a = torch.clamp(self.stem(x), 0, 6)
         b = F.relu6(self.dw(a))
-        c = self.pw(b) + a
+        c = self.pw(b)
+        c = c + self.pr2(F.relu6(self.dw4(F.relu6(self.ex2(c)))))
         d = F.relu(self.dw2(c))
         u = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)
-        u = u[:, :, : x.shape[2] // 2, : x.shape[3] // 2]
+        u = u[:, :, : (x.shape[2] + 1) // 2, : (x.shape[3] + 1) // 2]
         e = self.pw2(torch.cat([u, x[:, :, ::2, ::2]], dim=1))
-        return self.dil(F.relu(self.big(e)))
+        f = self.pr(F.relu6(self.dw3(F.relu6(self.ex(c)))))  # (1, 3, H/4, W/4)
+        f = F.interpolate(f, size=e.shape[2:], mode="nearest")
+        return self.dil(F.relu(self.big(e))) + f[:, :1]
 
 
-@pytest.mark.parametrize("hw", [(22, 38), (6, 10), (2, 2)])
-def test_odd_shapes_match_onnxruntime(tmp_path, hw):
+@pytest.fixture
+def fuse_everything(monkeypatch):
+    """Fuse every chain however small (the size thresholds only decide where fusing pays)."""
+    import export.schedules.fused as fused
+
+    monkeypatch.setattr(fused, "MIN_BYTES", 0)
+    monkeypatch.setattr(fused, "MIN_WIDTH", 0)
+
+
+@pytest.mark.parametrize("hw", [(22, 38), (6, 10), (2, 2), (9, 5)])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_odd_shapes_match_onnxruntime(tmp_path, hw, fuse, request):
+    if fuse:
+        request.getfixturevalue("fuse_everything")
     shape = (1, 3, *hw)
     m = _onnx(_Odd(), shape, tmp_path)
     x = sample_input(shape, seed=1)
     out, report, _ = _run(m, shape, x)
     assert {"dense", "depthwise", "pointwise"} <= set(report.scheduled.values())
     assert any("conv2d" in name for name in report.default)  # the dilated one
+    if fuse and min(hw) >= 5:  # stem -> depthwise -> projection; expand -> depthwise -> projection + residual;
+        assert len(report.fused) == 3, report.fused  # the same with stride 2
     ref = ort_run(m, x)
     assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
+
+
+def test_m2unet_chains_stream_row_by_row_and_match_onnxruntime(m2unet_small, fuse_everything):
+    m, shape = m2unet_small
+    x = sample_input(shape, seed=5)
+    out, report, mod = _run(m, shape, x)
+    # the stem block, 12 inverted residuals and the 4 decoder blocks (upsample + concat included)
+    assert len(report.fused) == 17
+    assert sum(f.startswith("upsample_concat") for f in report.fused) == 4
+    assert np.abs(out - ort_run(m, x)).max() <= TOL
+
+
+def test_large_tiles_fuse_only_where_the_intermediate_is_big():
+    from export.schedules.fused import fusable
+    from export.schedules.match import ConvMatch
+
+    def conv(kind, cin, cout, h, w, k=1, s=1, p=0, ho=None):
+        ho = ho or (h + 2 * p - k) // s + 1
+        return ConvMatch(kind, 0, 1, 2, cin, h, w, cout, ho, ho * w // h, k, k, s, s, p, p, (), ())
+
+    ir = (conv("pointwise", 16, 96, 272, 272), conv("depthwise", 96, 96, 272, 272, 3, 2, 1),
+          conv("pointwise", 96, 24, 136, 136))
+    assert fusable(*ir)
+    small = (conv("pointwise", 96, 576, 34, 34), conv("depthwise", 576, 576, 34, 34, 3, 1, 1),
+             conv("pointwise", 576, 96, 34, 34))
+    assert not fusable(*small)  # 34-pixel rows: row-sized tiles would waste more than the traffic saved
 
 
 def test_default_lowering_is_kept_on_request(m2unet_small):

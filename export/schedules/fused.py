@@ -1,0 +1,436 @@
+"""Row-streaming fusion of convolution chains: expand/stem conv -> depthwise 3x3 -> pointwise projection.
+
+MobileNetV2 inverted residuals and M2U-Net decoder blocks materialise a wide intermediate tensor (6x the
+channels, or the upsampled skip concat) only to read it back once. Here the three fused kernels of such a
+chain become one: each thread walks a band of output rows, computes the first stage's rows into a small
+ring buffer (the rows the depthwise window needs: 3 + (R - 1) * stride), the depthwise rows from the ring,
+and the projection of those rows straight into the output. The intermediates never leave L2.
+
+The chain is found in the lowered Relax graph (call_tir -> call_tir -> call_tir, each intermediate used
+once) from the :class:`~export.schedules.match.ConvMatch` of each fused function, so every stage computes
+exactly what its own kernel computed; the generated PrimFunc takes all their arguments.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from export.schedules.kernels import Cpu, _Code, _epilogue, _fit_vector, _i64, _init, _Vec
+from export.schedules.match import ConvMatch
+
+MIN_BYTES = 1 << 20  # fuse when the intermediate that disappears is at least this big ...
+MIN_WIDTH = 64  # ... and rows are wide enough for row-sized register tiles
+STAGE_BYTES = 96 * 1024
+
+
+@dataclass
+class _Params:
+    """The fused kernel's parameter list, built stage by stage."""
+
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    args: list = field(default_factory=list)
+
+    def add(self, shape: tuple[int, ...], arg) -> int:
+        self.shapes.append(tuple(shape))
+        self.args.append(arg)
+        return len(self.shapes) - 1
+
+    def stage(self, m: ConvMatch, args: list, skip: int) -> dict[int, int]:
+        """Add the parameters of stage ``m`` except its input (``skip``) and output: original -> new index."""
+        out = {}
+        for i, a in enumerate(args):
+            if i != skip:
+                out[i] = self.add(m.shapes[i], a)
+        return out
+
+
+def _names(index: dict[int, int]):
+    return lambda i: (f"g{index[i]}", f"q{index[i]}")
+
+
+def _row_tiles(P: int, cpu: Cpu) -> tuple[int, int, int]:
+    """(cb, v, kk) for a GEMM over a row of P pixels: the widest register tile whose shifted last tile
+    wastes at most 10 %, else the least wasteful."""
+    if cpu.lanes >= 16:
+        cb, kk_max = 8, 3
+    elif cpu.vregs >= 32:
+        cb, kk_max = 8, 2
+    else:
+        cb, kk_max = 4, 3 if cpu.lanes >= 8 else 2
+    best = None
+    for kk in range(kk_max, 0, -1):
+        v, k2 = _fit_vector(P, cpu.lanes, kk)
+        sw = v * k2
+        waste = -(-P // sw) * sw / P
+        if waste <= 1.1:
+            return cb, v, k2
+        if best is None or waste < best[0]:
+            best = (waste, v, k2)
+    return cb, best[1], best[2]
+
+
+def _gemm(code: _Code, cpu: Cpu, uid: str, K: int, M: int, P: int, src, wgt, init, store,
+          kloops: list[tuple[str, int, bool]] | None = None) -> None:
+    """acc[c, p] = init(c) + sum_k wgt(c, k) * src(k, p) over M channels x P pixels, then ``store(c, p, acc)``
+    (a statement). Register tiles of cb channels x kk vectors; the last pixel tile is shifted back.
+    ``kloops`` splits the reduction into named nested loops (name, extent, unrolled); ``src`` and ``wgt``
+    then get the tuple of loop names instead of one name."""
+    cb, v, kk = _row_tiles(P, cpu)
+    sw = v * kk
+    nt = -(-P // sw)
+    cb = min(cb, M)
+    single = kloops is None
+    kloops = kloops or [(f"k{uid}", K, False)]
+    ks = kloops[0][0] if single else tuple(n for n, _, _ in kloops)
+    for m0, rows, nblk in ((0, cb, M // cb), ((M // cb) * cb, M % cb, 1)):
+        if rows == 0 or nblk == 0:
+            continue
+        mo = f"mo{uid}"
+        with code.block(f"for {mo} in range({nblk}):"):
+            with code.block(f"for t{uid} in range({nt}):"):
+                p0 = f"T.min(t{uid} * {sw}, {P - sw})" if nt > 1 else "0"
+                code(f'acc{uid} = T.decl_buffer(({rows}, {sw}), "float32", scope="local")')
+                ch = f"({m0} + {mo} * {cb} + i{uid})"
+                with code.block(f"for i{uid} in T.unroll({rows}):"):
+                    with _Vec(code, v, kk):
+                        code(f"acc{uid}[i{uid}, j] = {init(ch)}")
+                depth = code.depth
+                for name, ext, unroll in kloops:
+                    code(f"for {name} in {'T.unroll' if unroll else 'range'}({ext}):")
+                    code.depth += 1
+                with code.block(f"for i{uid} in T.unroll({rows}):"):
+                    with _Vec(code, v, kk):
+                        code(f"acc{uid}[i{uid}, j] = acc{uid}[i{uid}, j] + {src(ks, f'{p0} + j')} * "
+                             f"{wgt(ch, ks)}")
+                code.depth = depth
+                with code.block(f"for i{uid} in T.unroll({rows}):"):
+                    with _Vec(code, v, kk):
+                        code(store(ch, f"{p0} + j", f"acc{uid}[i{uid}, j]"))
+
+
+# -------------------------------------------------------------------------------------------- chains
+
+@dataclass
+class Chain:
+    """One fusable chain: producer stage (``m1``, possibly fed by an upsample+concat), depthwise, projection."""
+
+    m1: ConvMatch
+    m2: ConvMatch
+    m3: ConvMatch
+    args1: list
+    args2: list
+    args3: list
+    upcat: list | None = None  # [(kind, shape, arg)] of the upsample+concat feeding m1, or None
+
+
+def fusable(m1: ConvMatch, m2: ConvMatch, m3: ConvMatch, upcat_bytes: int = 0) -> bool:
+    """Whether the three stages form a chain this module generates, and fusing it pays."""
+    if m2.kind != "depthwise" or (m2.kh, m2.kw, m2.ph, m2.pw) != (3, 3, 1, 1) or m2.sh != m2.sw \
+            or m2.sh not in (1, 2) or m3.kind != "pointwise" or m1.kind not in ("pointwise", "dense"):
+        return False
+    if (m2.cin, m2.h, m2.wd) != (m1.cout, m1.ho, m1.wo) or (m3.cin, m3.h, m3.wd) != (m2.cout, m2.ho, m2.wo):
+        return False
+    if any(op.operand == "tensor" for op in m1.epilogue + m2.epilogue):
+        return False
+    if m1.kind == "dense" and 4 * m1.cin * m1.kh * m1.sw * (m1.wo + (m1.kw - 1) // m1.sw + 1) > STAGE_BYTES:
+        return False
+    gone = max(4 * m1.cout * m1.ho * m1.wo, upcat_bytes)
+    return gone >= MIN_BYTES and m1.wo >= MIN_WIDTH
+
+
+def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
+    """TVMScript for the fused chain and the Relax arguments of the generated function, in order."""
+    m1, m2, m3 = chain.m1, chain.m2, chain.m3
+    P = _Params()
+    # producer inputs
+    if chain.upcat is not None:
+        ins = [P.add(shape, arg) for _, shape, arg in chain.upcat]
+    else:
+        ins = [P.add(m1.shapes[m1.x], chain.args1[m1.x])]
+    n1 = P.stage(m1, chain.args1, m1.x)
+    n2 = P.stage(m2, chain.args2, m2.x)
+    n3 = P.stage(m3, chain.args3, m3.x)
+    out = P.add((1, m3.cout, m3.ho, m3.wo), None)
+
+    C1, H, W = m1.cout, m1.ho, m1.wo  # the ring's rows: the producer's output
+    s, Ho, Wo = m2.sh, m2.ho, m2.wo
+    C2 = m3.cout
+    R = 2 if Ho % 2 == 0 and Ho >= 2 else 1  # output rows per step
+    NS = (R - 1) * s + 3  # ring slots: the rows one step's depthwise window spans
+    WP = max(W + 2, s * (Wo + 1))  # padded ring row: zero column 0 and W + 1 ...
+    nc = max(1, min(cpu.threads, Ho // (8 * R)))  # row bands, one per thread
+    rpc = -(-(-(-Ho // nc)) // R) * R
+    nc = -(-Ho // rpc)
+
+    code = _Code()
+    args = []
+    for i, sh in enumerate(P.shapes):
+        args.append(f'q{i}: T.Buffer(({", ".join(_i64(v) for v in sh)}{"," if len(sh) == 1 else ""}), "float32")')
+    code("@T.prim_func(private=True, s_tir=True)")
+    code(f"def {name}({', '.join(args)}):")
+    code.depth += 1
+    code('T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})')
+    for i, sh in enumerate(P.shapes):
+        if sh:
+            code(f'g{i} = T.decl_buffer(({math.prod(sh)},), "float32", data=q{i}.data)')
+    nm1, nm2, nm3 = _names(n1), _names(n2), _names(n3)
+
+    with code.block(f"for band in T.parallel({nc}):"):
+        code(f'ring = T.decl_buffer(({NS * C1 * WP},), "float32", scope="global")')
+        code(f'dbuf = T.decl_buffer(({C1 * R * Wo},), "float32", scope="global")')
+        if chain.upcat is not None:  # the producer's row buffers, once per band
+            code(f'cat = T.decl_buffer(({m1.cin * W},), "float32", scope="global")')
+            wmax = max(sh[3] for kind, sh, _ in chain.upcat if kind == "up2")
+            code(f'tmp = T.decl_buffer(({wmax},), "float32", scope="local")')
+        if m1.kind == "dense":
+            L1 = m1.wo + (m1.kw - 1) // m1.sw + 1
+            code(f'srows = T.decl_buffer(({m1.cin * m1.kh * m1.sw * L1},), "float32", scope="global")')
+        with code.block(f"for z in range({NS * C1}):"):  # the padding columns stay zero
+            code("ring[z * " + str(WP) + "] = T.float32(0)")
+            with code.block(f"for zc in range({WP - W - 1}):"):
+                code(f"ring[z * {WP} + {W + 1} + zc] = T.float32(0)")
+        code(f"ya = band * {rpc}")
+
+        def produce(r: str) -> None:
+            """Ring slot of producer row ``r`` (zero outside the image)."""
+            code(f"slot = T.floormod({r} + {4 * NS}, {NS})")
+            with code.block(f"if {r} >= 0 and {r} < {H}:"):
+                _produce(code, chain, cpu, r, ins, n1, nm1, C1, W, WP)
+            with code.block("else:"):
+                with code.block(f"for zc in range({C1}):"):
+                    with code.block(f"for zx in range({W}):"):
+                        code(f"ring[(slot * {C1} + zc) * {WP} + 1 + zx] = T.float32(0)")
+
+        # rows the first step needs that no step produces: ya*s - 1 .. (ya - 1)*s + 1
+        for d in range(-1, 2 - s):
+            with code.block("if True:"):
+                produce(f"ya * {s} + {d}")
+        with code.block(f"for step in range({rpc // R}):"):
+            code(f"y = ya + step * {R}")
+            with code.block(f"if y < {Ho}:" if nc * rpc != Ho else "if True:"):
+                with code.block(f"for nr in range({R * s}):"):  # rows (y - 1)*s + 2 .. (y + R - 1)*s + 1
+                    produce(f"(y - 1) * {s} + 2 + nr")
+                _depthwise_rows(code, m2, cpu, nm2, C1, W, WP, NS, R, s, Wo)
+                _gemm(code, cpu, "p", C1, C2, R * Wo,
+                      src=lambda k, p: f"dbuf[{k} * {R * Wo} + {p}]",
+                      wgt=lambda c, k: f"g{n3[m3.w]}[{c} * {C1} + {k}]",
+                      init=lambda c: _init(m3, c, nm3),
+                      store=lambda c, p, a: f"g{out}[{c} * {Ho * Wo} + y * {Wo} + {p}] = "
+                                            f"{_epilogue(m3, a, c, f'y * {Wo} + {p}', cpu, nm3)}")
+    return code.text(), P.args[:-1]
+
+
+def _produce(code: _Code, chain: Chain, cpu: Cpu, r: str, ins: list[int], n1, nm1, C1: int, W: int, WP: int):
+    """Producer row ``r`` (C1 x W) into ring slot ``slot``, columns 1..W."""
+    m1 = chain.m1
+    dst = lambda c, p, a: f"ring[(slot * {C1} + {c}) * {WP} + 1 + {p}] = {_epilogue(m1, a, c, '0', cpu, nm1)}"  # noqa
+    init = lambda c: _init(m1, c, nm1)  # noqa: E731
+    if m1.kind == "pointwise" and chain.upcat is None:
+        x = ins[0]
+        _gemm(code, cpu, "e", m1.cin, C1, W, src=lambda k, p: f"g{x}[{k} * {m1.h * m1.wd} + ({r}) * {W} + {p}]",
+              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {k}]", init=init, store=dst)
+        return
+    if m1.kind == "pointwise":  # x2 upsample + concat staged row by row, then the GEMM
+        off = 0
+        for (kind, (_, n, h, w), _), i in zip(chain.upcat, ins):
+            if kind == "copy":
+                with code.block(f"for uc in range({n}):"):
+                    with code.block(f"for ux in range({W}):"):
+                        code(f"cat[({off} + uc) * {W} + ux] = g{i}[(uc * {m1.h} + {r}) * {W} + ux]")
+            else:
+                code(f"y0 = T.floordiv({r} - 1, 2)")
+                code(f"fy = T.Select(T.floormod({r}, 2) == 0, T.float32(0.75), T.float32(0.25))")
+                q, t = "T.float32(0.25)", "T.float32(0.75)"
+                with code.block(f"for uc in range({n}):"):
+                    top = f"(uc * {h} + T.max(y0, 0)) * {w}"
+                    bot = f"(uc * {h} + T.min(y0 + 1, {h - 1})) * {w}"
+                    with code.block(f"for ux in range({w}):"):
+                        code(f"tmp[ux] = g{i}[{top} + ux] * (T.float32(1) - fy) + g{i}[{bot} + ux] * fy")
+                    row = f"({off} + uc) * {W}"
+                    code(f"cat[{row}] = tmp[0] * {q} + tmp[0] * {t}")
+                    if w > 1:
+                        with code.block(f"for ux in range({w - 1}):"):
+                            code(f"cat[{row} + 2 * ux + 1] = tmp[ux] * {t} + tmp[ux + 1] * {q}")
+                            code(f"cat[{row} + 2 * ux + 2] = tmp[ux] * {q} + tmp[ux + 1] * {t}")
+                    code(f"cat[{row} + {2 * w - 1}] = tmp[{w - 1}] * {t} + tmp[{w - 1}] * {q}")
+            off += n
+        _gemm(code, cpu, "e", m1.cin, C1, W, src=lambda k, p: f"cat[{k} * {W} + {p}]",
+              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {k}]", init=init, store=dst)
+        return
+    # dense KxK producer (the stem): stage its input rows, accumulate taps per register tile
+    x = ins[0]
+    s1 = m1.sw
+    L1 = m1.wo + (m1.kw - 1) // s1 + 1
+    per = m1.kh * s1 * L1
+    with code.block(f"for sci in range({m1.cin}):"):
+        with code.block(f"for sr in T.unroll({m1.kh}):"):
+            code(f"siy = ({r}) * {m1.sh} + sr - {m1.ph}")
+            with code.block(f"if siy >= 0 and siy < {m1.h}:"):
+                span = [(max(0, -(-(m1.pw - q) // s1)), 0) for q in range(s1)]
+                span = [(lo, max(lo, min(L1, -(-(m1.wd + m1.pw - q) // s1)))) for q, (lo, _) in enumerate(span)]
+                jlo, jhi = max(lo for lo, _ in span), min(hi for _, hi in span)
+                src = f"g{x}[(sci * {m1.h} + siy) * {m1.wd} + "
+                if jhi > jlo:
+                    with code.block(f"for sj in range({jhi - jlo}):"):
+                        for q in range(s1):
+                            code(f"srows[sci * {per} + (sr * {s1} + {q}) * {L1} + {jlo} + sj] = "
+                                 f"{src}(sj + {jlo}) * {s1} + {q - m1.pw}]")
+                for q, (lo, hi) in enumerate(span):
+                    o = f"sci * {per} + (sr * {s1} + {q}) * {L1}"
+                    a, b = (lo, jlo) if jhi > jlo else (lo, hi)
+                    for j0, j1, val in ((0, lo, False), (a, b, True), (max(jhi, lo) if jhi > jlo else hi, hi, True),
+                                        (hi, L1, False)):
+                        if j1 > j0:
+                            with code.block(f"for sj in range({j1 - j0}):"):
+                                v = f"{src}(sj + {j0}) * {s1} + {q - m1.pw}]" if val else "T.float32(0)"
+                                code(f"srows[{o} + {j0} + sj] = {v}")
+            with code.block("else:"):
+                with code.block(f"for sj in range({s1 * L1}):"):
+                    code(f"srows[sci * {per} + sr * {s1 * L1} + sj] = T.float32(0)")
+    taps = m1.kh * m1.kw
+    _gemm(code, cpu, "e", m1.cin * taps, C1, W,
+          src=lambda k, p: f"srows[{k[0]} * {per} + ({k[1]} * {s1} + {k[2]} % {s1}) * {L1} + {k[2]} // {s1} + {p}]",
+          wgt=lambda c, k: f"g{n1[m1.w]}[({c} * {m1.cin} + {k[0]}) * {taps} + {k[1]} * {m1.kw} + {k[2]}]",
+          init=init, store=dst, kloops=[("eci", m1.cin, False), ("eky", m1.kh, True), ("ekx", m1.kw, True)])
+
+
+def _depthwise_rows(code: _Code, m2: ConvMatch, cpu: Cpu, nm2, C1: int, W: int, WP: int, NS: int, R: int, s: int,
+                    Wo: int) -> None:
+    """Depthwise rows y .. y + R - 1 of every channel from the ring into ``dbuf``."""
+    v, kk = _fit_vector(Wo, cpu.lanes, 4 if cpu.lanes <= 4 else 2)
+    xv = v * kk
+    nxt = -(-Wo // xv)
+    L = Wo + 1
+    nin = (R - 1) * s + 3
+    with code.block(f"for dc in range({C1}):"):
+        if s > 1:  # phase-split copies of the window's rows: stride-2 taps become contiguous vectors
+            code(f'st = T.decl_buffer(({nin * s * L},), "float32", scope="local")')
+            with code.block(f"for dr in T.unroll({nin}):"):
+                code(f"sl = T.floormod(y * {s} - 1 + dr + {4 * NS}, {NS})")
+                with code.block(f"for dj in range({L}):"):
+                    for q in range(s):
+                        code(f"st[(dr * {s} + {q}) * {L} + dj] = ring[(sl * {C1} + dc) * {WP} + dj * {s} + {q}]")
+        with code.block(f"for dxt in range({nxt}):"):
+            code(f"dx0 = T.min(dxt * {xv}, {Wo - xv})" if nxt > 1 else "dx0 = 0")
+            code(f'dacc = T.decl_buffer(({R}, {xv}), "float32", scope="local")')
+            with code.block(f"for di in T.unroll({R}):"):
+                with _Vec(code, v, kk):
+                    code(f"dacc[di, j] = {_init(m2, 'dc', nm2)}")
+            w = nm2(m2.w)[0]
+            with code.block(f"for di in T.unroll({R}):"):
+                with code.block("for ky in T.unroll(3):"):
+                    if s == 1:
+                        code(f"sl = T.floormod(y + di - 1 + ky + {4 * NS}, {NS})")
+                    with code.block("for kx in T.unroll(3):"):
+                        with _Vec(code, v, kk):
+                            if s == 1:
+                                srcx = f"ring[(sl * {C1} + dc) * {WP} + dx0 + kx + j]"
+                            else:
+                                srcx = f"st[((di * {s} + ky) * {s} + kx % {s}) * {L} + dx0 + kx // {s} + j]"
+                            code(f"dacc[di, j] = dacc[di, j] + {srcx} * {w}[dc * 9 + ky * 3 + kx]")
+            with code.block(f"for di in T.unroll({R}):"):
+                with _Vec(code, v, kk):
+                    code(f"dbuf[dc * {R * Wo} + di * {Wo} + dx0 + j] = {_epilogue(m2, 'dacc[di, j]', 'dc', '0', cpu, nm2)}")
+
+
+# ------------------------------------------------------------------------------------- graph rewrite
+
+def _upcat_parts(func) -> list[tuple[str, tuple[int, ...]]] | None:
+    """The parts of an upsample_concat kernel (see kernels.upsample_concat) read off its parameter shapes."""
+    try:
+        shapes = [tuple(int(v) for v in p.ty.shape) for p in func.params]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    *parts, out = shapes
+    kinds = []
+    for sh in parts:
+        if sh[2:] == out[2:]:
+            kinds.append(("copy", sh))
+        elif (2 * sh[2], 2 * sh[3]) == out[2:]:
+            kinds.append(("up2", sh))
+        else:
+            return None
+    return kinds
+
+
+def fuse_chains(mod, matches: dict[str, ConvMatch], cpu: Cpu) -> tuple[object, list[str]]:
+    """Replace every fusable (upsample_concat ->) producer -> depthwise -> pointwise chain of call_tir's in
+    ``main`` with one call to a generated row-streaming kernel. ``matches``: function name -> ConvMatch of
+    the functions as FuseTIR produced them. Returns the module and the fused chains' descriptions."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import expr_functor
+    from tvm.script.parser.core.entry import parse
+
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return mod, []
+    main = mod["main"]
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    uses: dict = {}
+    for v in relax.analysis.all_vars(main):
+        uses.setdefault(v, 0)
+
+    def count(expr):
+        for v in relax.analysis.free_vars(expr):
+            uses[v] = uses.get(v, 0) + 1
+
+    body = main.body
+    for blk in body.blocks:
+        for b in blk.bindings:
+            count(b.value)
+    count(body.body)
+
+    def callee(call):
+        if isinstance(call, relax.Call) and call.op.same_as(call_tir):
+            return call.args[0].name_hint, list(call.args[1].fields)
+        return None, None
+
+    done: list[str] = []
+
+    @expr_functor.mutator
+    class _Fuser(expr_functor.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            n3, a3 = callee(call)
+            m3 = matches.get(n3)
+            if m3 is None or m3.kind != "pointwise":
+                return call
+            v2 = a3[m3.x]
+            if not isinstance(v2, relax.Var) or uses.get(v2, 0) != 1:
+                return call
+            n2, a2 = callee(self.lookup_binding(v2))
+            m2 = matches.get(n2)
+            if m2 is None or m2.kind != "depthwise":
+                return call
+            v1 = a2[m2.x]
+            if not isinstance(v1, relax.Var) or uses.get(v1, 0) != 1:
+                return call
+            n1, a1 = callee(self.lookup_binding(v1))
+            m1 = matches.get(n1)
+            if m1 is None:
+                return call
+            upcat, up_bytes = None, 0
+            v0 = a1[m1.x]
+            if m1.kind == "pointwise" and isinstance(v0, relax.Var) and uses.get(v0, 0) == 1:
+                n0, a0 = callee(self.lookup_binding(v0))
+                if n0 is not None and n0.startswith("upsample_concat"):
+                    parts = _upcat_parts(mod[n0])
+                    if parts is not None:
+                        upcat = [(k, sh, a) for (k, sh), a in zip(parts, a0)]
+                        up_bytes = 4 * m1.cin * m1.h * m1.wd
+            if not fusable(m1, m2, m3, up_bytes):
+                return call
+            chain = Chain(m1, m2, m3, a1, a2, a3, upcat)
+            src, args = generate(chain, cpu, "fused_block")
+            gv = self.builder_.add_func(parse(src), "fused_block")
+            done.append(f"{'upsample_concat + ' if upcat else ''}{n1} + {n2} + {n3}")
+            return relax.call_tir(gv, args, out_ty=call.ty)
+
+    fz = _Fuser(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            fz.builder_.update_func(gv, fz.visit_expr(func))
+    out = fz.builder_.finalize()
+    if done:
+        out = relax.transform.DeadCodeElimination()(out)
+    return out, done
