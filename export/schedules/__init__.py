@@ -38,9 +38,13 @@ def cpu_of(target) -> Cpu:
     """Vector lanes, registers and cores of an LLVM CPU target."""
     from tvm.target import codegen
 
-    bits = int(codegen.llvm_get_vector_width(target))
-    lanes = max(4, bits // 32)
     triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
+    if triple.startswith("x86_64") or not triple:
+        # llvm_get_vector_width answers 512 for any x86 CPU; the features say what the CPU has
+        lanes = 16 if codegen.target_has_features("avx512f", target) else \
+            8 if codegen.target_has_features("avx2", target) else 4
+    else:
+        lanes = max(4, int(codegen.llvm_get_vector_width(target)) // 32)
     if triple.startswith("aarch64") or lanes >= 16:
         vregs = 32
     else:

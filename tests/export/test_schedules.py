@@ -242,3 +242,26 @@ def test_tuning_a_fully_hand_scheduled_graph_leaves_an_empty_database(tmp_path, 
     assert tune(m, m.graph.input[0].name, list(shape), get_target("x86_64"), tmp_path / "db", trials=2) == 0
     assert (tmp_path / "db" / "database_tuning_record.json").is_file()
     assert "nothing to tune" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level,feature", [("x86-64-v3", "avx2"), ("x86-64-v2", "sse4.2")])
+def test_narrower_x86_vectors_compute_the_same(m2unet_small, fuse_everything, level, feature):
+    """AVX2 (8 lanes, 16 registers) and SSE (4 lanes) tiles, run on this host when it has them."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from export.schedules import cpu_of
+
+    if get_target("x86_64").is_cross:
+        pytest.skip("needs an x86-64 host")
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if feature.replace(".", "_") not in flags:
+        pytest.skip(f"this host has no {feature}")
+    m, shape = m2unet_small
+    raw = '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
+    (mod, _, report), target = _lowered(m, shape, raw)
+    assert cpu_of(target).lanes == (8 if level.endswith("v3") else 4)
+    assert len(report.fused) == 17
+    vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    x = sample_input(shape, seed=6)
+    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
