@@ -71,7 +71,7 @@ def _row_tiles(P: int, cpu: Cpu) -> tuple[int, int, int]:
 
 def _gemm(code: _Code, cpu: Cpu, uid: str, K: int, M: int, P: int, src, wgt, init, store,
           kloops: list[tuple[str, int, bool]] | None = None) -> None:
-    """acc[c, p] = init(c) + sum_k wgt(c, k) * src(k, p) over M channels x P pixels, then ``store(c, p, acc)``
+    """acc[c, p] = init(c, p) + sum_k wgt(c, k) * src(k, p) over M channels x P pixels, then ``store(c, p, acc)``
     (a statement). Register tiles of cb channels x kk vectors; the last pixel tile is shifted back.
     ``kloops`` splits the reduction into named nested loops (name, extent, unrolled); ``src`` and ``wgt``
     then get the tuple of loop names instead of one name."""
@@ -93,7 +93,7 @@ def _gemm(code: _Code, cpu: Cpu, uid: str, K: int, M: int, P: int, src, wgt, ini
                 ch = f"({m0} + {mo} * {cb} + i{uid})"
                 with code.block(f"for i{uid} in T.unroll({rows}):"):
                     with _Vec(code, v, kk):
-                        code(f"acc{uid}[i{uid}, j] = {init(ch)}")
+                        code(f"acc{uid}[i{uid}, j] = {init(ch, f'{p0} + j')}")
                 depth = code.depth
                 for name, ext, unroll in kloops:
                     code(f"for {name} in {'T.unroll' if unroll else 'range'}({ext}):")
@@ -162,6 +162,7 @@ def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
     rpc = -(-(-(-Ho // nc)) // R) * R
     nc = -(-Ho // rpc)
 
+    lowres = _lowres_split(chain)
     code = _Code()
     args = []
     for i, sh in enumerate(P.shapes):
@@ -174,12 +175,15 @@ def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
         if sh:
             code(f'g{i} = T.decl_buffer(({math.prod(sh)},), "float32", data=q{i}.data)')
     nm1, nm2, nm3 = _names(n1), _names(n2), _names(n3)
+    if lowres is not None:
+        _lowres_pass(code, chain, cpu, ins, n1, lowres)
 
     with code.block(f"for band in T.parallel({nc}):"):
         code(f'ring = T.decl_buffer(({NS * C1 * WP},), "float32", scope="global")')
         code(f'dbuf = T.decl_buffer(({C1 * R * Wo},), "float32", scope="global")')
         if chain.upcat is not None:  # the producer's row buffers, once per band
-            code(f'cat = T.decl_buffer(({m1.cin * W},), "float32", scope="global")')
+            rows_cat = C1 if lowres is not None else m1.cin
+            code(f'cat = T.decl_buffer(({rows_cat * W},), "float32", scope="global")')
             wmax = max(sh[3] for kind, sh, _ in chain.upcat if kind == "up2")
             code(f'tmp = T.decl_buffer(({wmax},), "float32", scope="local")')
         if m1.kind == "dense":
@@ -195,7 +199,7 @@ def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
             """Ring slot of producer row ``r`` (zero outside the image)."""
             code(f"slot = T.floormod({r} + {4 * NS}, {NS})")
             with code.block(f"if {r} >= 0 and {r} < {H}:"):
-                _produce(code, chain, cpu, r, ins, n1, nm1, C1, W, WP)
+                _produce(code, chain, cpu, r, ins, n1, nm1, C1, W, WP, lowres)
             with code.block("else:"):
                 with code.block(f"for zc in range({C1}):"):
                     with code.block(f"for zx in range({W}):"):
@@ -214,17 +218,83 @@ def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
                 _gemm(code, cpu, "p", C1, C2, R * Wo,
                       src=lambda k, p: f"dbuf[{k} * {R * Wo} + {p}]",
                       wgt=lambda c, k: f"g{n3[m3.w]}[{c} * {C1} + {k}]",
-                      init=lambda c: _init(m3, c, nm3),
+                      init=lambda c, p: _init(m3, c, nm3),
                       store=lambda c, p, a: f"g{out}[{c} * {Ho * Wo} + y * {Wo} + {p}] = "
                                             f"{_epilogue(m3, a, c, f'y * {Wo} + {p}', cpu, nm3)}")
     return code.text(), P.args[:-1]
 
 
-def _produce(code: _Code, chain: Chain, cpu: Cpu, r: str, ins: list[int], n1, nm1, C1: int, W: int, WP: int):
+def _lowres_split(chain: Chain) -> tuple[int, int, int, int] | None:
+    """(up2 part index, its channel offset, copy channels' offset, copy channel count) when the decoder's
+    first 1x1 convolution can run before the upsampling: exactly one up2 part and one copy part.
+
+    A 1x1 convolution commutes with bilinear upsampling (both linear, the upsampling weights sum to 1
+    everywhere, borders included): W_a . up2(a) = up2(W_a . a). So the up2 part's share of the
+    convolution is computed at a quarter of the pixels and only its C1 output channels are upsampled
+    (M2U-Net: 5 instead of 30 at the last level); the result differs by float rounding only."""
+    if chain.upcat is None or chain.m1.kind != "pointwise" or len(chain.upcat) != 2:
+        return None
+    kinds = [k for k, _, _ in chain.upcat]
+    if sorted(kinds) != ["copy", "up2"]:
+        return None
+    iu = kinds.index("up2")
+    offs = [0, chain.upcat[0][1][1]]
+    return iu, offs[iu], offs[1 - iu], chain.upcat[1 - iu][1][1]
+
+
+def _lowres_pass(code: _Code, chain: Chain, cpu: Cpu, ins: list[int], n1, lowres) -> None:
+    """zbuf = W_a . a over the low-resolution image, in parallel blocks of rows."""
+    m1 = chain.m1
+    iu, off_u, _, _ = lowres
+    _, n, h, w = chain.upcat[iu][1]
+    a = ins[iu]
+    C1 = m1.cout
+    code(f'zbuf = T.decl_buffer(({C1 * h * w},), "float32", scope="global")')
+    nzb = max(1, min(h, 4 * cpu.threads))
+    zr = -(-h // nzb)
+    nzb = -(-h // zr)
+    zp = zr * w
+    with code.block(f"for zb in T.parallel({nzb}):"):
+        code(f"zbase = T.min(zb * {zp}, {h * w - zp})" if nzb * zp != h * w else f"zbase = zb * {zp}")
+        _gemm(code, cpu, "z", n, C1, zp, src=lambda k, p: f"g{a}[{k} * {h * w} + zbase + {p}]",
+              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {off_u} + {k}]", init=lambda c, p: "T.float32(0)",
+              store=lambda c, p, acc: f"zbuf[{c} * {h * w} + zbase + {p}] = {acc}")
+
+
+def _up2_row(code: _Code, src: str, nch: int, h: int, w: int, W: int, r: str, dst_row, tag: str = "") -> None:
+    """Row ``r`` of the x2 bilinear upsampling of ``src`` (nch x h x w, flat) into ``dst_row(c)`` + x."""
+    code(f"y0{tag} = T.floordiv({r} - 1, 2)")
+    code(f"fy{tag} = T.Select(T.floormod({r}, 2) == 0, T.float32(0.75), T.float32(0.25))")
+    q, t = "T.float32(0.25)", "T.float32(0.75)"
+    with code.block(f"for uc in range({nch}):"):
+        top = f"(uc * {h} + T.max(y0{tag}, 0)) * {w}"
+        bot = f"(uc * {h} + T.min(y0{tag} + 1, {h - 1})) * {w}"
+        with code.block(f"for ux in range({w}):"):
+            code(f"tmp[ux] = {src}[{top} + ux] * (T.float32(1) - fy{tag}) + {src}[{bot} + ux] * fy{tag}")
+        row = dst_row("uc")
+        code(f"{row}] = tmp[0] * {q} + tmp[0] * {t}")
+        if w > 1:
+            with code.block(f"for ux in range({w - 1}):"):
+                code(f"{row} + 2 * ux + 1] = tmp[ux] * {t} + tmp[ux + 1] * {q}")
+                code(f"{row} + 2 * ux + 2] = tmp[ux] * {q} + tmp[ux + 1] * {t}")
+        code(f"{row} + {2 * w - 1}] = tmp[{w - 1}] * {t} + tmp[{w - 1}] * {q}")
+
+
+def _produce(code: _Code, chain: Chain, cpu: Cpu, r: str, ins: list[int], n1, nm1, C1: int, W: int, WP: int,
+             lowres=None):
     """Producer row ``r`` (C1 x W) into ring slot ``slot``, columns 1..W."""
     m1 = chain.m1
     dst = lambda c, p, a: f"ring[(slot * {C1} + {c}) * {WP} + 1 + {p}] = {_epilogue(m1, a, c, '0', cpu, nm1)}"  # noqa
-    init = lambda c: _init(m1, c, nm1)  # noqa: E731
+    init = lambda c, p=None: _init(m1, c, nm1)  # noqa: E731
+    if lowres is not None:  # up2(zbuf) row + the copy part's 1x1 convolution at full resolution
+        iu, _, off_c, nc_ = lowres
+        _, _, h, w = chain.upcat[iu][1]
+        _up2_row(code, "zbuf", C1, h, w, W, r, lambda c: f"cat[{c} * {W}")
+        sk = ins[1 - iu]
+        _gemm(code, cpu, "e", nc_, C1, W, src=lambda k, p: f"g{sk}[({k} * {m1.h} + {r}) * {W} + {p}]",
+              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {off_c} + {k}]",
+              init=lambda c, p: f"cat[{c} * {W} + {p}] + {init(c)}", store=dst)
+        return
     if m1.kind == "pointwise" and chain.upcat is None:
         x = ins[0]
         _gemm(code, cpu, "e", m1.cin, C1, W, src=lambda k, p: f"g{x}[{k} * {m1.h * m1.wd} + ({r}) * {W} + {p}]",
@@ -238,21 +308,7 @@ def _produce(code: _Code, chain: Chain, cpu: Cpu, r: str, ins: list[int], n1, nm
                     with code.block(f"for ux in range({W}):"):
                         code(f"cat[({off} + uc) * {W} + ux] = g{i}[(uc * {m1.h} + {r}) * {W} + ux]")
             else:
-                code(f"y0 = T.floordiv({r} - 1, 2)")
-                code(f"fy = T.Select(T.floormod({r}, 2) == 0, T.float32(0.75), T.float32(0.25))")
-                q, t = "T.float32(0.25)", "T.float32(0.75)"
-                with code.block(f"for uc in range({n}):"):
-                    top = f"(uc * {h} + T.max(y0, 0)) * {w}"
-                    bot = f"(uc * {h} + T.min(y0 + 1, {h - 1})) * {w}"
-                    with code.block(f"for ux in range({w}):"):
-                        code(f"tmp[ux] = g{i}[{top} + ux] * (T.float32(1) - fy) + g{i}[{bot} + ux] * fy")
-                    row = f"({off} + uc) * {W}"
-                    code(f"cat[{row}] = tmp[0] * {q} + tmp[0] * {t}")
-                    if w > 1:
-                        with code.block(f"for ux in range({w - 1}):"):
-                            code(f"cat[{row} + 2 * ux + 1] = tmp[ux] * {t} + tmp[ux + 1] * {q}")
-                            code(f"cat[{row} + 2 * ux + 2] = tmp[ux] * {q} + tmp[ux + 1] * {t}")
-                    code(f"cat[{row} + {2 * w - 1}] = tmp[{w - 1}] * {t} + tmp[{w - 1}] * {q}")
+                _up2_row(code, f"g{i}", n, h, w, W, r, lambda c, o=off: f"cat[({o} + {c}) * {W}", tag=str(i))
             off += n
         _gemm(code, cpu, "e", m1.cin, C1, W, src=lambda k, p: f"cat[{k} * {W} + {p}]",
               wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {k}]", init=init, store=dst)

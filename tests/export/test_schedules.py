@@ -124,7 +124,14 @@ def test_odd_shapes_match_onnxruntime(tmp_path, hw, fuse, request):
     assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
 
 
-def test_m2unet_chains_stream_row_by_row_and_match_onnxruntime(m2unet_small, fuse_everything):
+@pytest.mark.parametrize("lowres", [True, False])
+def test_m2unet_chains_stream_row_by_row_and_match_onnxruntime(m2unet_small, fuse_everything, lowres, monkeypatch):
+    """lowres: the decoder's first 1x1 convolution runs before the x2 upsampling (it commutes with it);
+    otherwise the upsampled concat is staged row by row at full resolution."""
+    import export.schedules.fused as fused
+
+    if not lowres:
+        monkeypatch.setattr(fused, "_lowres_split", lambda chain: None)
     m, shape = m2unet_small
     x = sample_input(shape, seed=5)
     out, report, mod = _run(m, shape, x)
