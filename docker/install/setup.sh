@@ -44,9 +44,13 @@ $SUDO bash "$root/docker/arm64-userland.sh" build
 export PATH="$root/.venv/bin:$PATH"
 out="$root/out/demo"
 mkdir -p "$out"
+# The authors' published DRIVE checkpoint when ../shared holds it; else the project's default (announced).
+weights=()
+drive="$root/../shared/models/m2unet/M2UNetDRIVE.pth"
+[[ -f "$drive" ]] && weights=(--weights "$drive")
 say "exporting M2U-Net for the RK3399 (arm64) and for this host (x86_64)"
-edge-export m2unet --target arm64 --out "$root/packages/m2unet-arm64" --force
-edge-export m2unet --target x86_64 --out "$root/packages/m2unet-x86_64" --force
+edge-export m2unet --target arm64 "${weights[@]}" --out "$root/packages/m2unet-arm64" --force
+edge-export m2unet --target x86_64 "${weights[@]}" --out "$root/packages/m2unet-x86_64" --force
 python -c "import cv2, skimage.data as d; cv2.imwrite('$out/retina.png', d.retina()[:, :, ::-1])"
 say "segmenting a real fundus photograph (scikit-image retina, CC0) on this host"
 edge-run "$out/retina.png" --package "$root/packages/m2unet-x86_64" -o "$out/host" --overlay
@@ -54,5 +58,5 @@ say "segmenting it again inside the emulated arm64 userland (QEMU) with the aarc
 $SUDO bash "$root/docker/arm64-userland.sh" run -- edge-run "$out/retina.png" --package "$root/packages/m2unet-arm64" \
   -o "$out/arm64"
 say "benchmarking PyTorch, ONNX Runtime and TVM at 544x544 (report in $out/bench)"
-edge-bench m2unet --sizes 544 --backends torch,onnxruntime,tvm -o "$out/bench"
+edge-bench m2unet --sizes 544 --backends torch,onnxruntime,tvm "${weights[@]}" -o "$out/bench"
 say "done: outputs in $out"
