@@ -7,7 +7,7 @@ ONNX graph, one thread each, same input. Every figure is an estimate from emulat
 A72-like cache model, and cycles / 1.8 GHz. Trust ratios above ~1.3x, not absolute times.
 
   python -m benchmarks.a72_proxy m2unet --weights W.pth --size 544 --cache     # ~20-40 min at 544
-  python -m benchmarks.a72_proxy --package packages/m2unet-arm64-544x544 --mca
+  python -m benchmarks.a72_proxy --package packages/m2unet-arm64-544x544
   python -m benchmarks.a72_proxy --from-json runs.jsonl                           # re-print saved rows
 
 Needs root (the instrument chroots) and the rig built once by ``setup.sh WORK`` (~7 min). Run it alone:
@@ -49,8 +49,10 @@ class ProxyRow:
 def _row(d: dict, engine: str) -> ProxyRow:
     m = lambda k: d[k] / 1e6 if k in d and d[k] is not None else None  # noqa: E731
     cyc = d.get("mca_cycles")
+    # a72count compares every engine with the first one of its run: a difference to ORT only when ORT ran first
+    diff = d.get("max_abs_diff_vs_first") if d.get("diff_vs") == "ort" else None
     return ProxyRow(engine, d["model"], m("insns"), m("fmla_q128"), m("fp_scalar"), m("mca_cycles"),
-                    cyc / (GHZ * 1e6) if cyc else None, m("l1d_miss"), m("l2_miss"), d.get("max_abs_diff_vs_first"))
+                    cyc / (GHZ * 1e6) if cyc else None, m("l1d_miss"), m("l2_miss"), diff)
 
 
 def fmt(rows: list[ProxyRow], shape: str = "") -> str:
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--default", action="store_true", help="also count TVM's default lowering (slow: ~4x)")
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (reuse its row with --ort-json)")
     ap.add_argument("--ort-json", help="a saved ONNX Runtime row (a72count --json line) to compare against")
-    ap.add_argument("--mca", action="store_true", default=True)
+    ap.add_argument("--no-mca", dest="mca", action="store_false",
+                    help="skip the llvm-mca cycle estimate (the goal's measure; on by default)")
     ap.add_argument("--cache", action="store_true", help="also simulate L1D/L2 (several times slower)")
     ap.add_argument("--work", default=str(DEFAULT_WORK), help="the folder setup.sh built")
     ap.add_argument("--tool", default=str(DEFAULT_TOOL), help="the arm64proxy folder (a72count.py)")
@@ -167,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         got = [json.loads(l) for l in out_json.read_text().splitlines() if l.strip()]
     for d, lab in zip(got, labels):
         d["label"] = lab
+        d["diff_vs"] = labels[0]
     if a.no_ort and a.ort_json:
         ref = json.loads(Path(a.ort_json).read_text().splitlines()[0])
-        ref["label"] = "ort"
+        ref["label"] = ref["diff_vs"] = "ort"
         got.insert(0, ref)
     if a.json:
         with open(a.json, "a") as f:
