@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}")
     ap.add_argument("--budget-s", type=float, default=0.5, help="engines slower than this per call stop early")
     ap.add_argument("--min-samples", type=int, default=3)
-    ap.add_argument("--gap-ms", type=float, default=20.0, help="idle time between calls (pool threads stop spinning)")
+    ap.add_argument("--gap-ms", type=float, default=50.0, help="idle time between calls (pool threads stop spinning)")
     ap.add_argument("--work", help="folder for the packages (default: a temporary one)")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
