@@ -11,15 +11,15 @@ from edge.errors import EdgeError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks.latency import BACKENDS, CPU_BACKENDS, IMAGES
+    from benchmarks.latency import BACKENDS, CPU_BACKENDS, IMAGES, OPTIONAL_BACKENDS
     from benchmarks.power import BOARD_PROFILES, METERS
 
     p = argparse.ArgumentParser(
         prog="edge-bench",
         description="Measure vessel-segmentation models on this machine: parameters, MACs and file sizes; "
                     "latency percentiles per network input (tile) and per full image (tiled like edge-run) with "
-                    "PyTorch, ONNX Runtime and TVM; peak memory of each case in its own process; energy with a "
-                    "power meter. Writes results.json, CSV, Markdown and a self-contained HTML report.",
+                    "PyTorch, ONNX Runtime, TVM and OpenVINO; GMAC/s; peak memory of each case in its own process; "
+                    "energy with a power meter; optionally the estimated cost on an emulated Cortex-A72. Writes results.json, CSV, Markdown and a self-contained HTML report.",
         epilog="Merge and re-render runs (e.g. a board and a GPU machine): edge-bench report results*.json -o DIR. "
                "Exit codes: 0 ok; 2 usage or other error; 3 package error; 4 input error; 130 interrupted.",
     )
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default=None, metavar="LIST",
                    help="network input sizes, e.g. 544,960 or 544x768 (default: the model's tile)")
     p.add_argument("--backends", default=None, metavar="LIST",
-                   help=f"from {', '.join(BACKENDS)} (default: {','.join(CPU_BACKENDS)})")
+                   help=f"from {', '.join(BACKENDS)} (default: {','.join(CPU_BACKENDS)}; "
+                        f"{', '.join(OPTIONAL_BACKENDS)} only when installed)")
     sizes = ", ".join(f"{k} ({h}x{w})" for k, (h, w) in IMAGES.items())
     p.add_argument("--images", default=None, metavar="LIST",
                    help=f"full images to time, tiled like edge-run: {sizes}, HxW, or none (default: all three)")

@@ -3,7 +3,8 @@
 Each sample is one inference (one tile, or one full image tiled through :func:`edge.tiling.
 sliding_window_inference`), never the mean of a batch. Backends: PyTorch eager (``torch.inference_mode``,
 threads set), ONNX Runtime and TVM through :mod:`edge.backends` (the device runtime's own code), and the GPU
-baselines PyTorch CUDA, ONNX Runtime's CUDA provider and a TVM ``cuda`` package. GPU samples include the copy of
+baselines PyTorch CUDA, ONNX Runtime's CUDA provider and a TVM ``cuda`` package. OpenVINO (CPU plugin, the
+package's ``model.onnx``) is a further CPU peer when the ``openvino`` package is installed. GPU samples include the copy of
 the input to the device and of the output back, and synchronise the device before the clock stops.
 """
 from __future__ import annotations
@@ -20,16 +21,41 @@ import numpy as np
 
 from edge.errors import EdgeError, look_up_option
 
-CPU_BACKENDS = ("torch", "onnxruntime", "tvm")
+CPU_BACKENDS = ("torch", "onnxruntime", "tvm", "openvino")
 CUDA_BACKENDS = ("torch-cuda", "onnxruntime-cuda", "tvm-cuda")
 BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
-LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tvm": "TVM", "torch-cuda": "PyTorch CUDA",
+OPTIONAL_BACKENDS = ("openvino",)  # in the default list only when installed (see default_backends)
+LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tvm": "TVM", "openvino": "OpenVINO",
+          "torch-cuda": "PyTorch CUDA",
           "onnxruntime-cuda": "ONNX Runtime CUDA", "tvm-cuda": "TVM CUDA",
           "tvm-rpc": "TVM RPC"}
 
 # Full-image sizes (H, W) of the paper's datasets (seeds/002, Tables 2-4).
 IMAGES: dict[str, tuple[int, int]] = {"drive": (544, 544), "chase": (960, 960), "hrf": (2336, 3504)}
 NO_CUDA = "no CUDA device"
+OPENVINO_MISSING = "OpenVINO is not installed; install it with `pip install openvino` (or `pip install 'vessel-edge[bench]'`)"
+
+
+def missing(backend: str) -> str | None:
+    """Why an optional CPU backend cannot be imported here (None: it can)."""
+    if backend == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return OPENVINO_MISSING
+    return None
+
+
+def default_backends(announce: Callable[[str], None] | None = None) -> list[str]:
+    """The CPU backends; an optional one that is not installed is left out and ``announce``d."""
+    out = []
+    for b in CPU_BACKENDS:
+        reason = missing(b) if b in OPTIONAL_BACKENDS else None
+        if reason is None:
+            out.append(b)
+        elif announce is not None:
+            announce(f"note: backend {b} skipped: {reason}")
+    return out
 
 
 def parse_backends(text: str | list[str]) -> list[str]:
@@ -235,10 +261,40 @@ def _ort_cuda_runner(package: str, threads: int) -> Runner:
                   {"version": ort.__version__, "providers": sess.get_providers()})
 
 
+def _openvino_runner(package: str, threads: int) -> Runner:
+    """The package's model.onnx compiled by OpenVINO's CPU plugin for latency, ``threads`` inference threads."""
+    reason = missing("openvino")
+    if reason:
+        raise EdgeError(reason)
+    import openvino as ov
+
+    from edge.package import load_package
+
+    pkg = load_package(package)
+    if not pkg.onnx.is_file():
+        raise EdgeError(f"package {pkg.path} has no {pkg.onnx.name}; re-export it")
+    core = ov.Core()
+    # f32 explicitly: on CPUs with AVX512-BF16 or AMX the CPU plugin otherwise computes in bf16 (diffs ~0.2 on
+    # logits of ~20), which is neither parity with the other backends nor the same work.
+    compiled = core.compile_model(str(pkg.onnx), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                          "INFERENCE_NUM_THREADS": int(threads),
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+
+    def fn(x: np.ndarray) -> np.ndarray:  # outputs are copied out of the request (share_outputs=False)
+        return request.infer({0: np.ascontiguousarray(x, dtype=np.float32)}, share_inputs=True)[0]
+
+    info = {"version": ov.__version__, "device": core.get_property("CPU", "FULL_DEVICE_NAME"),
+            "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+            "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    return Runner("openvino", "cpu", threads, fn, None, info)
+
+
 def create_runner(backend: str, *, model: str | None = None, weights: str | None = None,
                   package: str | None = None, cuda_package: str | None = None, threads: int | None = None,
                   pinned: bool = False) -> Runner:
-    """Load ``backend`` for timing. ``package``: a CPU package for this host (ONNX Runtime, TVM);
+    """Load ``backend`` for timing. ``package``: a CPU package for this host (ONNX Runtime, OpenVINO, TVM);
     ``cuda_package``: a TVM ``cuda`` package (tvm-cuda). Raises :class:`EdgeError` when it cannot run."""
     from edge.backends import available_cores
 
@@ -254,6 +310,10 @@ def create_runner(backend: str, *, model: str | None = None, weights: str | None
         if package is None:
             raise EdgeError("onnxruntime-cuda needs a package with model.onnx")
         return _ort_cuda_runner(package, threads)
+    if backend == "openvino":
+        if package is None:
+            raise EdgeError("openvino needs a package with model.onnx")
+        return _openvino_runner(package, threads)
     from edge.backends import ONNXRuntimeBackend, TVMBackend
     from edge.package import load_package
 

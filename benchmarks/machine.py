@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 DISTRIBUTIONS = {"numpy": "numpy", "torch": "torch", "onnx": "onnx", "onnxsim": "onnxsim",
-                 "onnxruntime": "onnxruntime", "tvm": "apache-tvm", "tvm_ffi": "apache-tvm-ffi",
+                 "onnxruntime": "onnxruntime", "openvino": "openvino", "tvm": "apache-tvm",
+                 "tvm_ffi": "apache-tvm-ffi",
                  "matplotlib": "matplotlib", "psutil": "psutil", "vessel_edge": "vessel-edge"}
 
 

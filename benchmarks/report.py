@@ -154,7 +154,7 @@ def machine_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     for r in doc["runs"]:
         m, s = r["machine"], r["settings"]
         v = m.get("versions", {})
-        vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "tvm", "onnx") if v.get(k))
+        vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "openvino", "tvm", "onnx") if v.get(k))
         gpus = ", ".join(g["name"] for g in m.get("gpus") or []) or "none"
         rows.append([r["label"], m.get("cpu_model") or "?", m.get("llvm_cpu") or "?",
                      f"{m.get('cores_physical')} physical / {m.get('cores_logical')} logical",
@@ -259,8 +259,8 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-COLORS = {"torch": "#d62728", "onnxruntime": "#1f77b4", "tvm": "#2ca02c", "torch-cuda": "#ff9896",
-          "onnxruntime-cuda": "#aec7e8", "tvm-cuda": "#98df8a", "tvm-rpc": "#17becf"}
+COLORS = {"torch": "#d62728", "onnxruntime": "#1f77b4", "tvm": "#2ca02c", "openvino": "#9467bd",
+          "torch-cuda": "#ff9896", "onnxruntime-cuda": "#aec7e8", "tvm-cuda": "#98df8a", "tvm-rpc": "#17becf"}
 
 
 def latency_plot(doc: dict) -> bytes | None:

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EdgeError, look_up_option
-from benchmarks.latency import (CPU_BACKENDS, CUDA_BACKENDS, IMAGES, LABELS, LatencyStats, collect,
-                                collect_interleaved, create_runner, cuda_unavailable, parse_backends, tiled)
+from benchmarks.latency import (CUDA_BACKENDS, IMAGES, LABELS, OPTIONAL_BACKENDS, LatencyStats, collect,
+                                collect_interleaved, create_runner, cuda_unavailable, default_backends, missing,
+                                parse_backends, tiled)
 from benchmarks.memory import MemoryRecord, hwm_mib, reset_hwm, rss_mib, ru_maxrss_mib, spawn_measured
 from benchmarks.power import (IdlePower, MeterUnavailable, create_meter, energy_record, measure_idle,
                               unavailable)
@@ -45,7 +46,7 @@ class Plan:
 
     models: list[str]
     sizes: list[tuple[int, int]] | None = None  # network input (tile) sizes; None: the model's default tile
-    backends: list[str] = field(default_factory=lambda: list(CPU_BACKENDS))
+    backends: list[str] | None = None  # None: the CPU backends, OpenVINO only when installed
     images: list[str] = field(default_factory=lambda: list(IMAGES))  # full images, tiled: names or HxW
     image_tile: tuple[int, int] | None = None  # tile for full images; None: the model's default tile
     runs: int = 30
@@ -497,8 +498,11 @@ def _remote_case(art: Artifact, spec: CaseSpec, plan: Plan) -> dict:
 def check_plan(plan: Plan) -> tuple[list[str], list[str]]:
     """(backends to run, optional GPU backends). Raises :class:`EdgeError` for a CUDA backend asked for on a
     machine that cannot run it, and for a remote run without the RPC runner."""
-    backends = parse_backends(plan.backends)
+    backends = default_backends(log) if plan.backends is None else parse_backends(plan.backends)
     for b in backends:
+        reason = missing(b) if b in OPTIONAL_BACKENDS else None
+        if reason:
+            raise EdgeError(f"backend {b} was asked for, but {reason}")
         if b in CUDA_BACKENDS:
             reason = cuda_unavailable(b)
             if reason:
@@ -602,7 +606,7 @@ def run_plan(plan: Plan, verbose: bool = False) -> dict:
         "created_utc": created,
         "tool": "edge-bench",
         "machine": machine,
-        "settings": {k: v for k, v in asdict(plan).items() if k not in ("dice", "label")},
+        "settings": {**{k: v for k, v in asdict(plan).items() if k not in ("dice", "label")}, "backends": backends},
         "idle_power": idle.to_json() if idle else None,
         "dice": dict(plan.dice),
         "complexity": complexity,

@@ -54,3 +54,43 @@ def make_run(label: str, p50: dict[str, float], device: str = "cpu", energy_j: f
 @pytest.fixture
 def run_factory():
     return make_run
+
+
+def write_onnx_package(out, tile: tuple[int, int] = (32, 32), seed: int = 0):
+    """An ONNX-only package (no TVM library) of two 3x3 convolutions with random weights, built with onnx.helper:
+    no torch, no compiler, so it costs milliseconds."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge.package import host_arch, write_package
+
+    rng = np.random.default_rng(seed)
+    inits = {"w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "b1": rng.standard_normal(4).astype(np.float32),
+             "w2": rng.standard_normal((1, 4, 3, 3)).astype(np.float32), "b2": rng.standard_normal(1).astype(np.float32)}
+    shape = [1, 3, *tile]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "w2", "b2"], ["logits"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, *tile])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    src = out.parent / f"{out.name}.onnx"
+    onnx.save(m, str(src))
+    meta = {
+        "model": {"name": "tiny", "divisor": 16, "overlap": 8, "output": "logits", "untrained": True, "weights": None},
+        "input": {"name": "input", "shape": shape, "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": "logits", "kind": "logits", "activation": "sigmoid"},
+        "tiling": {"tile": list(tile), "overlap": 8, "blend": "gaussian"},
+        "target": {"preset": "host", "arch": host_arch(), "device": "cpu", "library": None},
+        "versions": {}, "parity": [], "complexity": {},
+    }
+    return write_package(out, meta, {"model.onnx": src})
+
+
+@pytest.fixture(scope="session")
+def onnx_package(tmp_path_factory):
+    return write_onnx_package(tmp_path_factory.mktemp("pkg") / "tiny")
