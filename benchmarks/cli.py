@@ -136,7 +136,7 @@ def parse_dice(items: list[str]) -> dict[str, float]:
 
 
 def format_summary(doc: dict, paths: dict[str, Path]) -> str:
-    from benchmarks.report import case_label, ratio_rows
+    from benchmarks.report import case_label, gmac_per_s, ratio_rows
 
     lines = []
     for r in doc["runs"]:
@@ -148,9 +148,10 @@ def format_summary(doc: dict, paths: dict[str, Path]) -> str:
         lines.append("")
         for c in r["cases"]:
             if c["status"] == "ok":
-                lat = c["latency"]
+                lat, g = c["latency"], gmac_per_s(r, c)
                 lines.append(f"{c['model']:<10} {case_label(c):<38} {c['backend_label']:<18} "
-                             f"p50 {lat['p50_ms']:>9.1f} ms  p90 {lat['p90_ms']:>9.1f} ms  n={lat['n_samples']}")
+                             f"p50 {lat['p50_ms']:>9.1f} ms  p90 {lat['p90_ms']:>9.1f} ms  n={lat['n_samples']:<4}"
+                             + ("" if g is None else f"  {g:>7.2f} GMAC/s"))
             else:
                 lines.append(f"{c['model']:<10} {case_label(c):<38} {c['backend_label']:<18} {c['status']}")
     _, rows = ratio_rows(doc)

@@ -113,6 +113,25 @@ def _case_key(c: dict) -> tuple:
     return (c["model"], c["kind"], tuple(c["tile_hw"]), c.get("image"), tuple(c["image_hw"]))
 
 
+def case_macs(run: dict, c: dict) -> int | None:
+    """MACs (conv/gemm) of one sample of case ``c``: the complexity record's MACs of the model at the case's tile,
+    times the tiles a full image is cut into (overlaps are computed twice, so they count). None when the run has no
+    complexity record for that model and tile."""
+    for k in run.get("complexity", []):
+        if k["model"] == c["model"] and list(k["input_shape"][2:]) == list(c["tile_hw"]) and k.get("macs"):
+            return int(k["macs"]) * int(c["tiles"])
+    return None
+
+
+def gmac_per_s(run: dict, c: dict) -> float | None:
+    """Throughput of an ok case: :func:`case_macs` / p50, in GMAC/s; None without MACs or latency."""
+    macs = case_macs(run, c)
+    p50 = (c.get("latency") or {}).get("p50_ms")
+    if c["status"] != "ok" or macs is None or not p50:
+        return None
+    return macs / 1e9 / (p50 / 1e3)
+
+
 def ratios(run: dict, numerator: str, denominator: str) -> list[dict]:
     """p50 ratios ``numerator / denominator`` for every input both ran on successfully."""
     by: dict[tuple, dict[str, dict]] = defaultdict(dict)
@@ -196,7 +215,7 @@ def complexity_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
 
 def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["run", "model", "input", "backend", "device", "threads", "load 1 min", "n", "p50 ms", "p90 ms", "p99 ms",
-            "mean ± std ms", "min ms", "peak RSS", "energy / inference"]
+            "mean ± std ms", "min ms", "GMAC/s at p50", "peak RSS", "energy / inference"]
     rows = []
     for r in doc["runs"]:
         for c in r["cases"]:
@@ -204,11 +223,12 @@ def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
             base = [r["label"], c["model"], case_label(c), c["backend_label"], c.get("device") or "–",
                     str(c.get("threads") or "–"), _f(max(load), 1) if load else "–"]
             if c["status"] != "ok":
-                rows.append(base + [c["status"]] + [""] * 7)
+                rows.append(base + [c["status"]] + [""] * 8)
                 continue
             lat, mem = c["latency"], c.get("memory") or {}
             rows.append(base + [str(lat["n_samples"]), _f(lat["p50_ms"], 1), _f(lat["p90_ms"], 1), _f(lat["p99_ms"], 1),
                                 f"{_f(lat['mean_ms'], 1)} ± {_f(lat['std_ms'], 1)}", _f(lat["min_ms"], 1),
+                                _f(gmac_per_s(r, c), 2),
                                 _f(mem.get("peak_rss_mib"), 0, " MiB") if mem.get("peak_rss_mib") else "–",
                                 _energy_cell(c.get("energy"))])
     return head, rows
@@ -473,8 +493,8 @@ def html_page(doc: dict, plots: dict[str, bytes]) -> str:
 
 CASE_COLUMNS = ["run_id", "label", "model", "backend", "device", "kind", "image", "image_h", "image_w", "tile_h",
                 "tile_w", "tiles", "threads", "cores", "interleaved", "status", "n_samples", "warmup_runs", "min_ms",
-                "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "peak_rss_mib", "rss_after_load_mib",
-                "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source", "energy_status",
+                "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "macs", "gmac_per_s", "peak_rss_mib",
+                "rss_after_load_mib", "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source", "energy_status",
                 "energy_per_image_j", "net_energy_per_image_j", "mean_power_w"]
 COMPLEXITY_COLUMNS = ["run_id", "model", "input_shape", "params", "params_source", "macs", "gmacs", "other_gops",
                       "macs_torch_flopcounter", "paper_params", "paper_gmacs", "weights_bytes", "onnx_bytes",
@@ -500,7 +520,8 @@ def cases_csv(doc: dict) -> str:
                          "image_h": c["image_hw"][0], "image_w": c["image_hw"][1], "tile_h": c["tile_hw"][0],
                          "tile_w": c["tile_hw"][1], "tiles": c["tiles"], "threads": c.get("threads"),
                          "cores": " ".join(map(str, c.get("cores") or [])), "interleaved": c.get("interleaved"),
-                         "status": c["status"], **lat, **{k: mem.get(k) for k in CASE_COLUMNS if k in mem},
+                         "status": c["status"], **lat, "macs": case_macs(r, c), "gmac_per_s": gmac_per_s(r, c),
+                         **{k: mem.get(k) for k in CASE_COLUMNS if k in mem},
                          "energy_kind": en.get("kind"), "energy_source": en.get("source"),
                          "energy_status": en.get("status"), "energy_per_image_j": en.get("energy_per_image_j"),
                          "net_energy_per_image_j": en.get("net_energy_per_image_j"),

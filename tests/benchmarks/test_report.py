@@ -122,3 +122,33 @@ def test_headless_chromium_renders_the_tables_and_plots(tmp_path, run_factory):
     px = imread(str(shot))
     assert px.shape[0] == 2000 and px.shape[1] == 1280
     assert px[..., :3].std() > 0.05  # not a blank page
+
+
+def test_gmac_per_s_is_the_work_of_a_sample_over_its_p50(run_factory, tmp_path):
+    from benchmarks.cli import format_summary
+    from benchmarks.report import case_macs, gmac_per_s, latency_rows
+
+    run = run_factory("x86", {"onnxruntime": 100.0, "tvm": 50.0})
+    macs = 1_418_860_528  # the fixture's complexity record: m2unet at 544x544
+    by = {(c["backend"], c["kind"]): c for c in run["cases"]}
+    tile, image = by[("tvm", "tile")], by[("tvm", "image")]
+    assert case_macs(run, tile) == macs and case_macs(run, image) == 40 * macs  # 40 tiles of 544x544
+    assert gmac_per_s(run, tile) == pytest.approx(macs / 1e9 / 0.050)  # 28.4 GMAC/s at p50 50 ms
+    assert gmac_per_s(run, image) == pytest.approx(40 * macs / 1e9 / 2.0)  # the image's p50 is 40 x 50 ms
+    assert gmac_per_s(run, by[("torch-cuda", "tile")]) is None  # unavailable: no figure, never 0
+    other = dict(tile, model="unet")
+    assert case_macs(run, other) is None and gmac_per_s(run, other) is None  # no complexity record for it
+
+    doc = document([run])
+    head, rows = latency_rows(doc)
+    col = head.index("GMAC/s at p50")
+    tvm_rows = [row for row in rows if row[3] == "TVM"]
+    assert [row[col] for row in tvm_rows] == ["28.38", "28.38"]
+    assert [row[col] for row in rows if row[3] == "ONNX Runtime"] == ["14.19", "14.19"]
+    paths = write_report(doc, tmp_path / "out")
+    csv_rows = list(csv.DictReader(io.StringIO(paths["results.csv"].read_text())))
+    img = next(r for r in csv_rows if r["backend"] == "tvm" and r["kind"] == "image")
+    assert int(img["macs"]) == 40 * macs and float(img["gmac_per_s"]) == pytest.approx(28.377, abs=1e-3)
+    assert "| GMAC/s at p50 |" in paths["report.md"].read_text() and "GMAC/s at p50" in paths["report.html"].read_text()
+    summary = format_summary(doc, paths)
+    assert summary.count("GMAC/s") == 4 and "28.38 GMAC/s" in summary
