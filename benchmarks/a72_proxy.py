@@ -10,8 +10,9 @@ A72-like cache model, and cycles / 1.8 GHz. Trust ratios above ~1.3x, not absolu
   python -m benchmarks.a72_proxy --package packages/m2unet-arm64-544x544
   python -m benchmarks.a72_proxy --from-json runs.jsonl                           # re-print saved rows
 
-Needs root (the instrument chroots) and the rig built once by ``setup.sh WORK`` (~7 min). Run it alone:
-emulation is slow and it shares the machine's cores.
+:func:`measure` is the core; ``edge-bench --a72-proxy`` calls it too. Needs root (the instrument chroots) and
+the rig built once by ``setup.sh WORK`` (~7 min). Run it alone: emulation is slow and it shares the machine's
+cores.
 """
 from __future__ import annotations
 
@@ -21,19 +22,28 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from edge.errors import EdgeError, run_cli
+
 DEFAULT_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "arm64proxy"
-DEFAULT_WORK = Path(os.environ.get("ARM64PROXY_WORK", "/root/.cache/arm64proxy"))
 LABEL = "estimated (emulated A72)"
 GHZ = 1.8
 GOAL_CYCLES = 1.5  # TVM needs at most 1/1.5 of ONNX Runtime's llvm-mca cycles ...
 # ... and at most as many L2 misses
 
 
+def default_work() -> Path:
+    """The rig folder: $ARM64PROXY_WORK, else /root/.cache/arm64proxy."""
+    return Path(os.environ.get("ARM64PROXY_WORK") or "/root/.cache/arm64proxy")
+
+
 @dataclass
 class ProxyRow:
+    """One engine's per-inference figures, millions (``_m``); all ``estimated (emulated A72)``."""
+
     engine: str  # ort | tvm | tvm-default
     model: str
     insns_m: float
@@ -44,71 +54,170 @@ class ProxyRow:
     l1d_miss_m: float | None
     l2_miss_m: float | None
     max_abs_diff_vs_ort: float | None
+    input_shape: list[int] | None = None
+    emulation_s: float | None = None
+    package: str | None = None
+    label: str = LABEL
 
 
 def _row(d: dict, engine: str) -> ProxyRow:
+    """A row of a72count's JSON output (raw counts) as a :class:`ProxyRow`."""
     m = lambda k: d[k] / 1e6 if k in d and d[k] is not None else None  # noqa: E731
     cyc = d.get("mca_cycles")
     # a72count compares every engine with the first one of its run: a difference to ORT only when ORT ran first
     diff = d.get("max_abs_diff_vs_first") if d.get("diff_vs") == "ort" else None
     return ProxyRow(engine, d["model"], m("insns"), m("fmla_q128"), m("fp_scalar"), m("mca_cycles"),
-                    cyc / (GHZ * 1e6) if cyc else None, m("l1d_miss"), m("l2_miss"), diff)
+                    cyc / (GHZ * 1e6) if cyc else None, m("l1d_miss"), m("l2_miss"), diff,
+                    emulation_s=d.get("emulation_s"))
 
 
-def fmt(rows: list[ProxyRow], shape: str = "") -> str:
+def row_from_json(d: dict) -> ProxyRow:
+    """A saved row: a :class:`ProxyRow` dict (this module's --json, edge-bench's ``a72_proxy``) or a raw
+    a72count line (earlier --json files)."""
+    if "insns_m" in d:
+        return ProxyRow(**{f.name: d[f.name] for f in fields(ProxyRow) if f.name in d})
+    return _row(d, d.get("label") or d["engine"])
+
+
+def check_rig(work: str | Path, tool: str | Path = DEFAULT_TOOL) -> Path:
+    """The instrument's a72count.py; :class:`EdgeError` when it, the rig or root is missing."""
+    script = Path(tool) / "a72count.py"
+    if not script.is_file():
+        raise EdgeError(f"the arm64proxy instrument is not at {tool} (no a72count.py); it ships in "
+                        "../shared/tools/arm64proxy beside this checkout")
+    if not (Path(work) / "rootfs" / "opt" / "x86" / "qemu-aarch64").exists():
+        raise EdgeError(f"{work} holds no built arm64proxy rig; run `bash {tool}/setup.sh {work}` as root first "
+                        "(~7 min), or point --a72-work / $ARM64PROXY_WORK at the folder it built")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        raise EdgeError("the arm64proxy instrument chroots into its arm64 userland: run it as root")
+    return script
+
+
+def _failure(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if ln.startswith("error")), None)
+    return (first or (lines[-1] if lines else "no output"))[:300]
+
+
+def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int], work: str | Path | None = None,
+            tool: str | Path = DEFAULT_TOOL, mca: bool = True, cache: bool = False, *, model: str | None = None,
+            extra: dict[str, Path] | None = None, package: str | None = None,
+            log: Callable[[str], None] | None = None) -> list[ProxyRow]:
+    """Count one inference of ONNX Runtime on ``onnx_path`` (first, the reference; None skips it), the aarch64 TVM
+    ``library`` and the ``extra`` libraries (label -> .so) on the emulated A72, same random input of ``shape``.
+
+    ``mca``: llvm-mca cycles (the goal's measure); ``cache``: L1D/L2 simulation (several times slower). Raises
+    :class:`EdgeError` when the rig is missing or the emulated run fails."""
+    import numpy as np
+
+    work = Path(work) if work is not None else default_work()
+    script = check_rig(work, tool)
+    specs = ([("ort", f"ort:{onnx_path}")] if onnx_path is not None else []) + [("tvm", f"tvm:{library}")]
+    specs += [(lab, f"tvm:{lib}") for lab, lib in (extra or {}).items()]
+    with tempfile.TemporaryDirectory(prefix="a72proxy-") as tmpd:
+        x, out_json = Path(tmpd) / "input.npy", Path(tmpd) / "rows.jsonl"
+        np.save(x, np.random.default_rng(0).random(shape, dtype=np.float32))
+        cmd = [sys.executable, str(script), str(work), "--input", str(x), *(s for _, s in specs),
+               "--json", str(out_json)] + ["--mca"] * mca + ["--cache"] * cache
+        if log:
+            log(" ".join(cmd))
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        got = [json.loads(ln) for ln in out_json.read_text().splitlines() if ln.strip()] if out_json.is_file() else []
+    if r.returncode or len(got) != len(specs):
+        raise EdgeError(f"the arm64proxy run failed (exit {r.returncode}): {_failure(r.stderr or r.stdout)}")
+    rows = []
+    for d, (lab, _) in zip(got, specs):
+        row = _row({**d, "diff_vs": specs[0][0]}, lab)
+        row.model, row.input_shape, row.package = model or row.model, list(shape), package
+        rows.append(row)
+    return rows
+
+
+def _ratio(name: str, a: float | None, b: float | None) -> str | None:
+    if not a or not b:
+        return None
+    return f"{name} {b / a:.2f}x fewer" if a <= b else f"{name} {a / b:.2f}x more"
+
+
+def ratio_lines(rows: list[ProxyRow]) -> list[str]:
+    """Every engine against ONNX Runtime (the first row without it), and the speed goal for ``tvm``."""
+    if not rows:
+        return []
     ref = next((r for r in rows if r.engine == "ort"), rows[0])
-    out = [f"{LABEL}: Cortex-A72, one thread, per inference {shape}".rstrip(),
-           "| engine | instructions | 4-lane FMLA | scalar FP | llvm-mca cycles | ms at 1.8 GHz | L1D misses | "
-           "L2 misses | max abs diff vs ORT |", "|---|---|---|---|---|---|---|---|---|"]
-    f = lambda v, u=" M": "n/a" if v is None else f"{v:.1f}{u}"  # noqa: E731
-    for r in rows:
-        d = "" if r.max_abs_diff_vs_ort is None else f"{r.max_abs_diff_vs_ort:.1e}"
-        out.append(f"| {r.engine} | {f(r.insns_m)} | {f(r.fmla_q128_m)} | {f(r.fp_scalar_m)} | {f(r.mca_cycles_m)} | "
-                   f"{f(r.estimated_ms_at_1_8ghz, '')} | {f(r.l1d_miss_m)} | {f(r.l2_miss_m)} | {d} |")
+    out = []
     for r in rows:
         if r is ref:
             continue
-        parts = []
-        for name, a, b in (("instructions", r.insns_m, ref.insns_m), ("cycles", r.mca_cycles_m, ref.mca_cycles_m),
-                           ("L1D misses", r.l1d_miss_m, ref.l1d_miss_m), ("L2 misses", r.l2_miss_m, ref.l2_miss_m)):
-            if a and b:
-                parts.append(f"{name} {b / a:.2f}x fewer" if a <= b else f"{name} {a / b:.2f}x more")
-        out.append(f"{r.engine} vs ort ({LABEL}): " + ", ".join(parts))
-        if r.engine == "tvm" and r.mca_cycles_m and ref.mca_cycles_m:
+        parts = [p for p in (_ratio("instructions", r.insns_m, ref.insns_m),
+                             _ratio("cycles", r.mca_cycles_m, ref.mca_cycles_m),
+                             _ratio("L1D misses", r.l1d_miss_m, ref.l1d_miss_m),
+                             _ratio("L2 misses", r.l2_miss_m, ref.l2_miss_m)) if p]
+        out.append(f"{r.engine} vs {ref.engine} ({LABEL}): " + ", ".join(parts))
+        if r.engine == "tvm" and ref.engine == "ort" and r.mca_cycles_m and ref.mca_cycles_m:
             ok_c = r.mca_cycles_m * GOAL_CYCLES <= ref.mca_cycles_m
             ok_l2 = None if r.l2_miss_m is None or ref.l2_miss_m is None else r.l2_miss_m <= ref.l2_miss_m
-            out.append(f"goal (cycles <= ORT / {GOAL_CYCLES}: {ref.mca_cycles_m / GOAL_CYCLES:.1f} M): "
+            out.append(f"goal ({LABEL}; cycles <= ORT / {GOAL_CYCLES}: {ref.mca_cycles_m / GOAL_CYCLES:.1f} M): "
                        f"{'met' if ok_c else 'missed'} at {r.mca_cycles_m:.1f} M"
                        + ("" if ok_l2 is None else f"; L2 misses <= ORT's: {'met' if ok_l2 else 'missed'}"))
-    return "\n".join(out)
+    return out
 
 
-def _build(a, work: Path) -> tuple[Path, Path, Path | None, list[int]]:
-    """(onnx, tvm library, default-lowering library or None, input shape)."""
-    import onnx
+HEAD = ["engine", "instructions", "4-lane FMLA", "scalar FP", "llvm-mca cycles", "ms at 1.8 GHz", "L1D misses",
+        "L2 misses", "max abs diff vs ORT"]
 
-    from export.targets import get_target
-    from export.tvm_stage import build_library
+
+def cells(r: ProxyRow) -> list[str]:
+    """The table cells of one row (millions as ``12.3 M``; ``n/a`` where not measured)."""
+    f = lambda v, u=" M": "n/a" if v is None else f"{v:.1f}{u}"  # noqa: E731
+    d = "" if r.max_abs_diff_vs_ort is None else f"{r.max_abs_diff_vs_ort:.1e}"
+    return [r.engine, f(r.insns_m), f(r.fmla_q128_m), f(r.fp_scalar_m), f(r.mca_cycles_m),
+            f(r.estimated_ms_at_1_8ghz, ""), f(r.l1d_miss_m), f(r.l2_miss_m), d]
+
+
+def fmt(rows: list[ProxyRow], shape: str = "") -> str:
+    out = [f"{LABEL}: Cortex-A72, one thread, per inference {shape}".rstrip(),
+           "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    out += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    return "\n".join(out + ratio_lines(rows))
+
+
+def groups(rows: list[dict]) -> list[tuple[str, list[int] | None, list[ProxyRow]]]:
+    """Saved rows (dicts) grouped by model and input shape, in order: (model, shape, rows). Raw a72count lines
+    (no shape; the model is a file name) form one group."""
+    out: dict[tuple, list[ProxyRow]] = {}
+    for d in rows:
+        r = row_from_json(d)
+        out.setdefault((r.model, tuple(r.input_shape)) if r.input_shape else ("", ()), []).append(r)
+    return [(m, list(s) or None, rs) for (m, s), rs in out.items()]
+
+
+def _build(a, work: Path) -> tuple[Path, Path, Path | None, list[int], str]:
+    """(onnx, tvm library, default-lowering library or None, input shape, model name)."""
+    from edge.package import load_package
 
     if a.package:
-        pkg = Path(a.package)
-        meta = json.loads((pkg / "meta.json").read_text())
-        if meta["target"]["arch"] != "aarch64":
-            raise SystemExit(f"error: {pkg} is a {meta['target']['arch']} package; export it with --target arm64")
-        onnx_path, lib = pkg / "model.onnx", pkg / "model.so"
-        shape = meta["input"]["shape"]
+        pkg = load_package(a.package)
+        if pkg.arch != "aarch64" or pkg.library is None:
+            raise EdgeError(f"{pkg.path} is a {pkg.arch} package without an aarch64 library; export it with "
+                            "--target arm64")
     else:
         from export.pipeline import export_model
 
-        pkg = work / f"{a.model}-arm64-{a.size}"
-        r = export_model(a.model, "arm64", weights=a.weights, input_size=(a.size, a.size), out=pkg, force=True)
-        onnx_path, lib, shape = pkg / "model.onnx", pkg / "model.so", r.meta["input"]["shape"]
+        out = work / f"{a.model}-arm64-{a.size}"
+        export_model(a.model, "arm64", weights=a.weights, input_size=(a.size, a.size), out=out, force=True)
+        pkg = load_package(out)
+    shape = list(pkg.input_shape)
     default = None
     if a.default:
+        import onnx
+
+        from export.targets import get_target
+        from export.tvm_stage import build_library
+
         default = work / "default_aarch64.so"
-        m = onnx.load(str(onnx_path))
+        m = onnx.load(str(pkg.onnx))
         build_library(m, m.graph.input[0].name, shape, get_target("arm64"), default, hand_kernels=False)
-    return onnx_path, lib, default, shape
+    return pkg.onnx, pkg.library, default, shape, pkg.model_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,69 +228,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--package", help="an existing arm64 package instead of exporting one")
     ap.add_argument("--default", action="store_true", help="also count TVM's default lowering (slow: ~4x)")
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (reuse its row with --ort-json)")
-    ap.add_argument("--ort-json", help="a saved ONNX Runtime row (a72count --json line) to compare against")
+    ap.add_argument("--ort-json", help="a saved ONNX Runtime row (--json line) to compare against")
     ap.add_argument("--no-mca", dest="mca", action="store_false",
                     help="skip the llvm-mca cycle estimate (the goal's measure; on by default)")
     ap.add_argument("--cache", action="store_true", help="also simulate L1D/L2 (several times slower)")
-    ap.add_argument("--work", default=str(DEFAULT_WORK), help="the folder setup.sh built")
+    ap.add_argument("--work", default=None, help="the folder setup.sh built (default: $ARM64PROXY_WORK or "
+                                                 "/root/.cache/arm64proxy)")
     ap.add_argument("--tool", default=str(DEFAULT_TOOL), help="the arm64proxy folder (a72count.py)")
-    ap.add_argument("--json", help="append the instrument's rows here (JSON lines)")
+    ap.add_argument("--json", help="append the rows here (JSON lines)")
     ap.add_argument("--from-json", help="only format rows saved by an earlier run")
+    ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     a = ap.parse_args(argv)
 
-    if a.from_json:
-        lines = [json.loads(l) for l in Path(a.from_json).read_text().splitlines() if l.strip()]
-        rows = [_row(d, d.get("label") or d["engine"]) for d in lines]
-        print(fmt(rows))
+    def body() -> int:
+        if a.from_json:
+            lines = [json.loads(ln) for ln in Path(a.from_json).read_text().splitlines() if ln.strip()]
+            for model, shape, rows in groups(lines):
+                print(fmt(rows, "x".join(map(str, shape or []))))
+            return 0
+        work = Path(a.work) if a.work else default_work()
+        check_rig(work, a.tool)
+        with tempfile.TemporaryDirectory(prefix="a72proxy-build-") as tmpd:
+            onnx_path, lib, default, shape, name = _build(a, Path(tmpd))
+            rows = measure(None if a.no_ort else onnx_path, lib, shape, work, a.tool, a.mca, a.cache, model=name,
+                           extra={"tvm-default": default} if default else None,
+                           package=a.package, log=lambda s: print(f"[a72_proxy] {s}", file=sys.stderr, flush=True))
+        if a.no_ort and a.ort_json:
+            rows.insert(0, row_from_json(json.loads(Path(a.ort_json).read_text().splitlines()[0])))
+        if a.json:
+            with open(a.json, "a") as f:
+                for r in rows:
+                    f.write(json.dumps(asdict(r)) + "\n")
+        print(fmt(rows, "x".join(map(str, shape))))
         return 0
-    tool = Path(a.tool) / "a72count.py"
-    if not tool.is_file():
-        print(f"error: {tool} not found; pass --tool DIR (the arm64proxy folder)", file=sys.stderr)
-        return 2
-    if not (Path(a.work) / "rootfs" / "opt" / "x86" / "qemu-aarch64").exists():
-        print(f"error: {a.work} has no built rig; run (as root) `bash {a.tool}/setup.sh {a.work}` first (~7 min)",
-              file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="a72proxy-") as tmpd:
-        tmp = Path(tmpd)
-        onnx_path, lib, default, shape = _build(a, tmp)
-        import numpy as np
 
-        x = tmp / "input.npy"
-        np.save(x, np.random.default_rng(0).random(shape, dtype=np.float32))
-        specs, labels = [], []
-        if not a.no_ort:
-            specs.append(f"ort:{onnx_path}")
-            labels.append("ort")
-        specs.append(f"tvm:{lib}")
-        labels.append("tvm")
-        if default:
-            specs.append(f"tvm:{default}")
-            labels.append("tvm-default")
-        out_json = tmp / "rows.jsonl"
-        cmd = [sys.executable, str(tool), a.work, "--input", str(x), *specs, "--json", str(out_json)]
-        cmd += ["--mca"] if a.mca else []
-        cmd += ["--cache"] if a.cache else []
-        print(f"[a72_proxy] {' '.join(cmd)}", file=sys.stderr, flush=True)
-        r = subprocess.run(cmd)
-        if r.returncode:
-            print("error: the arm64proxy run failed (see above)", file=sys.stderr)
-            return 3
-        got = [json.loads(l) for l in out_json.read_text().splitlines() if l.strip()]
-    for d, lab in zip(got, labels):
-        d["label"] = lab
-        d["diff_vs"] = labels[0]
-    if a.no_ort and a.ort_json:
-        ref = json.loads(Path(a.ort_json).read_text().splitlines()[0])
-        ref["label"] = ref["diff_vs"] = "ort"
-        got.insert(0, ref)
-    if a.json:
-        with open(a.json, "a") as f:
-            for d in got:
-                f.write(json.dumps(d) + "\n")
-    rows = [_row(d, d["label"]) for d in got]
-    print(fmt(rows, "x".join(map(str, shape))))
-    return 0
+    return run_cli(body, a.verbose)
 
 
 if __name__ == "__main__":

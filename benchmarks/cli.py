@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure vessel-segmentation models on this machine: parameters, MACs and file sizes; "
                     "latency percentiles per network input (tile) and per full image (tiled like edge-run) with "
                     "PyTorch, ONNX Runtime, TVM and OpenVINO; GMAC/s; peak memory of each case in its own process; "
-                    "energy with a power meter; optionally the estimated cost on an emulated Cortex-A72. Writes results.json, CSV, Markdown and a self-contained HTML report.",
+                    "energy with a power meter; optionally the estimated cost on an emulated Cortex-A72. Writes "
+                    "results.json, CSV, Markdown and a self-contained HTML report.",
         epilog="Merge and re-render runs (e.g. a board and a GPU machine): edge-bench report results*.json -o DIR. "
                "Exit codes: 0 ok; 2 usage or other error; 3 package error; 4 input error; 130 interrupted.",
     )
@@ -69,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-key", default=None, metavar="KEY", help="the board's RPC device key")
     p.add_argument("--rpc-target", default=None, metavar="TARGET",
                    help="edge-export target of the board (default: arm64)")
+    p.add_argument("--a72-proxy", action="store_true", default=None,
+                   help="also count one inference of ONNX Runtime and TVM on an emulated Cortex-A72 (the arm64proxy "
+                        "instrument, root, minutes per size): instructions, llvm-mca cycles and their ratios, "
+                        "reported as estimated (emulated A72), never as board timings; exports arm64 packages")
+    p.add_argument("--a72-cache", action="store_true", default=None,
+                   help="with --a72-proxy: also simulate the L1D/L2 caches (several times slower)")
+    p.add_argument("--a72-work", default=None, metavar="DIR",
+                   help="the rig built by arm64proxy's setup.sh (default: $ARM64PROXY_WORK or /root/.cache/arm64proxy)")
     p.add_argument("-v", "--verbose", action="store_true", help="child process output; tracebacks on errors")
     return p
 
@@ -93,7 +102,8 @@ def plan_from_args(args: argparse.Namespace):
            "warmup": args.warmup, "threads": args.threads, "cores": args.cores, "meter": args.meter,
            "idle_seconds": args.idle_seconds, "interleave": args.interleave, "gpu_baselines": args.gpu_baselines,
            "outdir": args.out, "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key,
-           "rpc_target": args.rpc_target, "label": args.label}
+           "rpc_target": args.rpc_target, "label": args.label, "a72_proxy": args.a72_proxy,
+           "a72_cache": args.a72_cache, "a72_work": args.a72_work}
     data.update({k: v for k, v in cli.items() if v is not None})
     if args.dice:
         data["dice"] = {**data.get("dice", {}), **parse_dice(args.dice)}
@@ -136,7 +146,7 @@ def parse_dice(items: list[str]) -> dict[str, float]:
 
 
 def format_summary(doc: dict, paths: dict[str, Path]) -> str:
-    from benchmarks.report import case_label, gmac_per_s, ratio_rows
+    from benchmarks.report import a72_lines, case_label, gmac_per_s, ratio_rows
 
     lines = []
     for r in doc["runs"]:
@@ -158,6 +168,10 @@ def format_summary(doc: dict, paths: dict[str, Path]) -> str:
     if rows:
         lines.append("")
         lines += [f"{row[2]:<38} {row[3]} = {row[4]}" for row in rows]
+    proxy = a72_lines(doc)
+    if proxy:
+        lines.append("")
+        lines += proxy
     lines.append("")
     others = ", ".join(p.name for k, p in paths.items() if k != "report.html")
     lines.append(f"report: {paths['report.html']}  (also {others})")

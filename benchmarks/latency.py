@@ -4,8 +4,8 @@ Each sample is one inference (one tile, or one full image tiled through :func:`e
 sliding_window_inference`), never the mean of a batch. Backends: PyTorch eager (``torch.inference_mode``,
 threads set), ONNX Runtime and TVM through :mod:`edge.backends` (the device runtime's own code), and the GPU
 baselines PyTorch CUDA, ONNX Runtime's CUDA provider and a TVM ``cuda`` package. OpenVINO (CPU plugin, the
-package's ``model.onnx``) is a further CPU peer when the ``openvino`` package is installed. GPU samples include the copy of
-the input to the device and of the output back, and synchronise the device before the clock stops.
+package's ``model.onnx``) is a further CPU peer when the ``openvino`` package is installed. GPU samples include the
+copy of the input to the device and of the output back, and synchronise the device before the clock stops.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tvm": "TVM", "open
 # Full-image sizes (H, W) of the paper's datasets (seeds/002, Tables 2-4).
 IMAGES: dict[str, tuple[int, int]] = {"drive": (544, 544), "chase": (960, 960), "hrf": (2336, 3504)}
 NO_CUDA = "no CUDA device"
-OPENVINO_MISSING = "OpenVINO is not installed; install it with `pip install openvino` (or `pip install 'vessel-edge[bench]'`)"
+OPENVINO_MISSING = ("OpenVINO is not installed; install it with `pip install openvino` "
+                    "(or `pip install 'vessel-edge[bench]'`)")
 
 
 def missing(backend: str) -> str | None:

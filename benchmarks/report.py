@@ -254,6 +254,33 @@ def ratio_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+A72_TITLE = "Cortex-A72 proxy: estimated (emulated A72), not board timings"
+
+
+def a72_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
+    """The arm64proxy counts of every run (edge-bench --a72-proxy), per inference, one thread."""
+    from benchmarks.a72_proxy import HEAD, cells, groups
+
+    head = ["run", "model", "input", *HEAD, "figures"]
+    rows = []
+    for r in doc["runs"]:
+        for model, shape, rs in groups(r.get("a72_proxy") or []):
+            rows += [[r["label"], model, _hw(shape), *cells(x), x.label] for x in rs]
+    return head, rows
+
+
+def a72_lines(doc: dict) -> list[str]:
+    """Ratio and goal lines of the arm64proxy counts (TVM vs ONNX Runtime), each labelled as an estimate."""
+    from benchmarks.a72_proxy import groups, ratio_lines
+
+    out = []
+    for r in doc["runs"]:
+        for model, shape, rs in groups(r.get("a72_proxy") or []):
+            out += [f"{r['label']}: {model} {_hw(shape)}: {line}" if len(doc["runs"]) > 1 else
+                    f"{model} {_hw(shape)}: {line}" for line in ratio_lines(rs)]
+    return out
+
+
 def memory_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["run", "model", "input", "backend", "peak RSS MiB", "RSS after load MiB", "inference peak MiB",
             "GPU peak MiB", "measured in"]
@@ -437,6 +464,10 @@ def markdown(doc: dict, plots: dict[str, bytes]) -> str:
     for title, fn in SECTIONS:
         head, rows = fn(doc)
         parts.append(f"## {title}\n\n" + (_md_table(head, rows) if rows else "_none_") + "\n")
+    head, rows = a72_rows(doc)
+    if rows:
+        parts.append(f"## {A72_TITLE}\n\n" + _md_table(head, rows) + "\n\n"
+                     + "\n".join(f"- {line}" for line in a72_lines(doc)) + "\n")
     for name in plots:
         parts.append(f"![{name}]({name}.png)\n")
     parts.append("## Published (M2U-Net paper and seeds)\n\n" + _md_table(*published_rows()) + "\n")
@@ -477,6 +508,10 @@ def html_page(doc: dict, plots: dict[str, bytes]) -> str:
     for title, fn in SECTIONS:
         head, rows = fn(doc)
         parts.append(f"<h2>{html.escape(title)}</h2>" + (_html_table(head, rows) if rows else "<p>none</p>"))
+    head, rows = a72_rows(doc)
+    if rows:
+        parts.append(f"<h2>{html.escape(A72_TITLE)}</h2>" + _html_table(head, rows) + "<ul>"
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in a72_lines(doc)) + "</ul>")
     if plots:
         parts.append("<h2>Plots</h2><div class=\"plots\">")
         for name, png in plots.items():
@@ -494,8 +529,8 @@ def html_page(doc: dict, plots: dict[str, bytes]) -> str:
 CASE_COLUMNS = ["run_id", "label", "model", "backend", "device", "kind", "image", "image_h", "image_w", "tile_h",
                 "tile_w", "tiles", "threads", "cores", "interleaved", "status", "n_samples", "warmup_runs", "min_ms",
                 "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "macs", "gmac_per_s", "peak_rss_mib",
-                "rss_after_load_mib", "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source", "energy_status",
-                "energy_per_image_j", "net_energy_per_image_j", "mean_power_w"]
+                "rss_after_load_mib", "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source",
+                "energy_status", "energy_per_image_j", "net_energy_per_image_j", "mean_power_w"]
 COMPLEXITY_COLUMNS = ["run_id", "model", "input_shape", "params", "params_source", "macs", "gmacs", "other_gops",
                       "macs_torch_flopcounter", "paper_params", "paper_gmacs", "weights_bytes", "onnx_bytes",
                       "library_bytes", "tvm_planned_mib", "tvm_unplanned_mib"]
@@ -529,6 +564,18 @@ def cases_csv(doc: dict) -> str:
     return _csv(CASE_COLUMNS, rows)
 
 
+A72_COLUMNS = ["run_id", "run", "model", "input_shape", "engine", "insns_m", "fmla_q128_m", "fp_scalar_m",
+               "mca_cycles_m", "estimated_ms_at_1_8ghz", "l1d_miss_m", "l2_miss_m", "max_abs_diff_vs_ort",
+               "emulation_s", "package", "label"]
+
+
+def a72_csv(doc: dict) -> str | None:
+    """The arm64proxy rows of every run, or None when no run has any."""
+    rows = [{**d, "run_id": r["run_id"], "run": r["label"], "input_shape": _hw(d.get("input_shape"))}
+            for r in doc["runs"] for d in r.get("a72_proxy") or []]
+    return _csv(A72_COLUMNS, rows) if rows else None
+
+
 def complexity_csv(doc: dict) -> str:
     rows = [{"run_id": r["run_id"], **c, "input_shape": "x".join(map(str, c["input_shape"]))}
             for r in doc["runs"] for c in r["complexity"]]
@@ -543,6 +590,9 @@ def render(doc: dict) -> dict[str, bytes]:
              "complexity.csv": complexity_csv(doc).encode(),
              "report.md": markdown(doc, plots).encode(),
              "report.html": html_page(doc, plots).encode()}
+    proxy = a72_csv(doc)
+    if proxy is not None:
+        files["a72_proxy.csv"] = proxy.encode()
     files.update({f"{k}.png": v for k, v in plots.items()})
     return files
 

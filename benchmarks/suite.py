@@ -67,6 +67,9 @@ class Plan:
     rpc_target: str = "arm64"
     dice: dict[str, float] = field(default_factory=dict)
     label: str | None = None
+    a72_proxy: bool = False  # also count ORT and TVM on the emulated Cortex-A72 (benchmarks.a72_proxy; slow)
+    a72_cache: bool = False  # ... with the L1D/L2 simulation (several times slower)
+    a72_work: str | None = None  # the arm64proxy rig; None: $ARM64PROXY_WORK or /root/.cache/arm64proxy
 
 
 PLAN_KEYS = tuple(f.name for f in fields(Plan))
@@ -149,6 +152,7 @@ class Artifact:
     package: str | None = None
     cuda_package: str | None = None
     remote_package: str | None = None
+    a72_package: str | None = None  # the arm64 package counted on the emulated A72 (--a72-proxy)
 
 
 @dataclass
@@ -421,17 +425,20 @@ def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Art
             log(f"note: the PyTorch case of package {p} uses random weights (a package holds no .pth; "
                 "pass --weights); latency does not depend on weight values")
         m = pkg.meta["model"]
+        arm64 = pkg.arch == "aarch64" and pkg.library is not None
         # With --rpc-tracker the package itself goes to the board (typically an arm64 package).
         return [Artifact(name, registered, plan.weights, tile, int(m.get("divisor", 16)), int(m.get("overlap", 0)),
-                         package=str(p), remote_package=str(p) if plan.rpc_tracker else None)]
+                         package=str(p), remote_package=str(p) if plan.rpc_tracker else None,
+                         a72_package=str(p) if plan.a72_proxy and arm64 else None)]
     if item.lower().endswith(".onnx"):
         if not p.is_file():
             raise EdgeError(f"ONNX file not found: {p}")
         pkg_dir = ensure_package(str(p), host_target(), None, None, outdir)
         pkg = load_package(pkg_dir)
         m = pkg.meta["model"]
+        a72 = str(ensure_package(str(p), "arm64", None, None, outdir)) if plan.a72_proxy else None
         return [Artifact(pkg.model_name, False, None, list(pkg.tile), int(m.get("divisor", 16)),
-                         int(m.get("overlap", 0)), package=str(pkg_dir))]
+                         int(m.get("overlap", 0)), package=str(pkg_dir), a72_package=a72)]
     from models import get_spec
 
     spec = get_spec(item)
@@ -453,6 +460,8 @@ def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Art
             art.cuda_package = str(ensure_package(spec.name, "cuda", size, weights, outdir, cuda_arch()))
         if plan.rpc_tracker:
             art.remote_package = str(ensure_package(spec.name, plan.rpc_target, size, weights, outdir))
+        if plan.a72_proxy:
+            art.a72_package = str(ensure_package(spec.name, "arm64", size, weights, outdir))
         arts.append(art)
     return arts
 
@@ -511,6 +520,12 @@ def check_plan(plan: Plan) -> tuple[list[str], list[str]]:
     optional = [b for b in CUDA_BACKENDS if plan.gpu_baselines and b not in backends]
     if plan.runs < 1 or plan.seconds <= 0 or plan.warmup < 0:
         raise EdgeError("--runs must be >= 1, --seconds > 0 and --warmup >= 0")
+    if plan.a72_proxy:
+        from benchmarks.a72_proxy import check_rig, default_work
+
+        check_rig(plan.a72_work or default_work())  # a missing rig fails here, before any export
+    elif plan.a72_cache or plan.a72_work:
+        raise EdgeError("--a72-cache and --a72-work go with --a72-proxy")
     if plan.rpc_tracker:
         if not plan.rpc_key:
             raise EdgeError("--rpc-tracker needs --rpc-key KEY (the device key the board registered with)")
@@ -559,6 +574,7 @@ def run_plan(plan: Plan, verbose: bool = False) -> dict:
            "idle": idle.to_json() if idle and idle.power_w is not None else None}
     available_optional = [b for b in optional if not cuda_unavailable(b)]
     complexity, cases = [], []
+    proxy_arts: list[Artifact] = []
     for item in plan.models:
         arts = _resolve(item, plan, outdir, set(backends) | set(available_optional))
         for art in arts:
@@ -591,6 +607,9 @@ def run_plan(plan: Plan, verbose: bool = False) -> dict:
                                            for b in backends + optional]))
         for art, specs in groups:
             cases.extend(_run_group(art, specs, job, plan, optional, verbose))
+        proxy_arts += arts
+
+    a72 = _a72_proxy(proxy_arts, plan, notes) if plan.a72_proxy else []
 
     machine = machine_info()
     busy = busy_note(cases, len(machine["affinity"] or []) or machine["cores_logical"] or 1)
@@ -611,8 +630,40 @@ def run_plan(plan: Plan, verbose: bool = False) -> dict:
         "dice": dict(plan.dice),
         "complexity": complexity,
         "cases": cases,
+        "a72_proxy": a72,
         "notes": notes,
     }
+
+
+def _a72_proxy(arts: list[Artifact], plan: Plan, notes: list[str]) -> list[dict]:
+    """ONNX Runtime (first: the reference) and TVM of every artifact's arm64 package on the emulated Cortex-A72.
+    A failed count is a note, not the end of the run."""
+    from benchmarks.a72_proxy import measure
+    from edge.package import load_package
+
+    rows: list[dict] = []
+    for art in arts:
+        what = f"{art.model} {art.tile_hw[0]}x{art.tile_hw[1]}"
+        if art.a72_package is None:
+            notes.append(f"{what}: no A72 proxy: {art.package} is not an arm64 package (pass an arm64 package, "
+                         "a registered model name or an ONNX file)")
+            log(f"note: {notes[-1]}")
+            continue
+        pkg = load_package(art.a72_package)
+        log(f"{what}: ONNX Runtime and TVM on the emulated Cortex-A72 (arm64proxy"
+            f"{', with the cache model' if plan.a72_cache else ''}; minutes)")
+        try:
+            got = measure(pkg.onnx, pkg.library, list(pkg.input_shape), plan.a72_work, mca=True,
+                          cache=plan.a72_cache, model=art.model, package=art.a72_package)
+        except EdgeError as exc:
+            notes.append(f"{what}: the A72 proxy failed: {exc}")
+            log(f"note: {notes[-1]}")
+            continue
+        for r in got:
+            log(f"{what} {r.engine:<4} {r.label}: {r.insns_m:.1f} M instructions, "
+                f"{'n/a' if r.mca_cycles_m is None else f'{r.mca_cycles_m:.1f} M'} llvm-mca cycles")
+        rows += [asdict(r) for r in got]
+    return rows
 
 
 def busy_note(cases: list[dict], cores: int) -> str | None:

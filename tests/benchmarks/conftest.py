@@ -66,8 +66,8 @@ def write_onnx_package(out, tile: tuple[int, int] = (32, 32), seed: int = 0):
     from edge.package import host_arch, write_package
 
     rng = np.random.default_rng(seed)
-    inits = {"w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "b1": rng.standard_normal(4).astype(np.float32),
-             "w2": rng.standard_normal((1, 4, 3, 3)).astype(np.float32), "b2": rng.standard_normal(1).astype(np.float32)}
+    r = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    inits = {"w1": r(4, 3, 3, 3), "b1": r(4), "w2": r(1, 4, 3, 3), "b2": r(1)}
     shape = [1, 3, *tile]
     nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["b"]),
