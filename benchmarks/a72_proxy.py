@@ -17,6 +17,7 @@ cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -99,6 +100,22 @@ def _failure(text: str) -> str:
     return (first or (lines[-1] if lines else "no output"))[:300]
 
 
+@contextlib.contextmanager
+def _rig_lock(work: Path, log: Callable[[str], None] | None = None):
+    """One run at a time per rig: a72count stages every job's input, model and output in the rig's one
+    /opt/job folder, so two concurrent runs would read each other's files."""
+    import fcntl
+
+    with open(work / ".a72count.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log(f"waiting for another arm64proxy run on {work} to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int], work: str | Path | None = None,
             tool: str | Path = DEFAULT_TOOL, mca: bool = True, cache: bool = False, *, model: str | None = None,
             extra: dict[str, Path] | None = None, package: str | None = None,
@@ -121,7 +138,8 @@ def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int],
                "--json", str(out_json)] + ["--mca"] * mca + ["--cache"] * cache
         if log:
             log(" ".join(cmd))
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        with _rig_lock(work, log):
+            r = subprocess.run(cmd, capture_output=True, text=True)
         got = [json.loads(ln) for ln in out_json.read_text().splitlines() if ln.strip()] if out_json.is_file() else []
     if r.returncode or len(got) != len(specs):
         raise EdgeError(f"the arm64proxy run failed (exit {r.returncode}): {_failure(r.stderr or r.stdout)}")
