@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge.package import load_package
+from edge.package import load_package, sha256_file
 from export.cli import main
 from export.pipeline import export_model
 from export.tvm_stage import run_library
@@ -66,8 +66,17 @@ def test_arm64_package_is_an_aarch64_library_checked_by_a_host_twin(tmp_path, dr
     assert twin["ran_on"] == "host twin" and twin["passed"]
 
 
+def test_without_weights_m2unet_exports_the_shipped_default_weights(tmp_path):
+    from export.pipeline import default_weights
+
+    r = export_model("m2unet", "x86_64", input_size=(32, 32), out=tmp_path / "d")
+    assert r.meta["model"]["untrained"] is False
+    assert r.meta["model"]["weights"]["sha256"] == sha256_file(default_weights("m2unet"))
+
+
 def test_untrained_export_is_loud_and_recorded(tmp_path, capsys):
-    r = export_model("m2unet", "x86_64", input_size=(32, 32), out=tmp_path / "u")
+    # erfnet has no shipped weights (m2unet has: models/weights/m2unet.pth)
+    r = export_model("erfnet", "x86_64", input_size=(32, 32), out=tmp_path / "u")
     assert r.meta["model"]["untrained"] is True and r.meta["model"]["weights"] is None
     assert "RANDOM weights" in capsys.readouterr().err
     assert any("RANDOM" in w for w in r.meta["warnings"])
