@@ -33,7 +33,7 @@ from benchmarks.power import (IdlePower, MeterUnavailable, create_meter, energy_
                               unavailable)
 
 ROOT = Path(__file__).resolve().parents[1]
-INTERLEAVE_GAP_S = 0.01  # idle gap before each interleaved sample: lets the previous runtime's spinning workers park
+INTERLEAVE_GAP_S = 0.05  # idle gap before each interleaved sample: lets the previous runtime's spinning workers park
 
 
 def log(msg: str) -> None:
