@@ -149,8 +149,13 @@ def ratios(run: dict, numerator: str, denominator: str) -> list[dict]:
 
 
 def fmt_ratio(r: float | None) -> str:
-    """``0.061x``, ``4.9x``, ``12x``: three significant digits, whatever the magnitude."""
-    return "–" if r is None else f"{r:.3g}x"
+    """``0.375x (2.67x faster)``, ``4.9x (4.9x slower)``: a p50 time ratio, three significant digits, with how
+    many times faster or slower the numerator is."""
+    if r is None:
+        return "–"
+    if r <= 0:
+        return f"{r:.3g}x"
+    return f"{r:.3g}x ({1 / r:.3g}x faster)" if r < 1 else f"{r:.3g}x ({r:.3g}x slower)" if r > 1 else "1x"
 
 
 def _energy_cell(e: dict | None) -> str:

@@ -35,7 +35,7 @@ def test_report_files_hold_the_numbers(tmp_path, run_factory):
     assert gpu["status"] == "unavailable: no CUDA device" and gpu["p50_ms"] == ""  # empty, never 0
 
     md = paths["report.md"].read_text()
-    assert "| model | input | params |" in md and "TVM / ONNX Runtime | 0.5x |" in md
+    assert "| model | input | params |" in md and "TVM / ONNX Runtime | 0.5x (2x faster) |" in md
     assert "unavailable: no CUDA device" in md and "577 ms / 1.67 s / 14.7 s" in md
     page = paths["report.html"].read_text()
     assert page.count("<table>") >= 6 and page.count('src="data:image/png;base64,') == 2
