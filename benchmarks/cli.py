@@ -146,7 +146,7 @@ def parse_dice(items: list[str]) -> dict[str, float]:
 
 
 def format_summary(doc: dict, paths: dict[str, Path]) -> str:
-    from benchmarks.report import a72_lines, case_label, gmac_per_s, ratio_rows
+    from benchmarks.report import a72_lines, case_label, gmac_per_s, parity_cell, ratio_rows
 
     lines = []
     for r in doc["runs"]:
@@ -161,7 +161,8 @@ def format_summary(doc: dict, paths: dict[str, Path]) -> str:
                 lat, g = c["latency"], gmac_per_s(r, c)
                 lines.append(f"{c['model']:<10} {case_label(c):<38} {c['backend_label']:<18} "
                              f"p50 {lat['p50_ms']:>9.1f} ms  p90 {lat['p90_ms']:>9.1f} ms  n={lat['n_samples']:<4}"
-                             + ("" if g is None else f"  {g:>7.2f} GMAC/s"))
+                             + ("" if g is None else f"  {g:>7.2f} GMAC/s")
+                             + ("" if parity_cell(c) == "–" else f"  max|dp| vs ORT {parity_cell(c)}"))
             else:
                 lines.append(f"{c['model']:<10} {case_label(c):<38} {c['backend_label']:<18} {c['status']}")
     _, rows = ratio_rows(doc)

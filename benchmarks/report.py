@@ -218,9 +218,19 @@ def complexity_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def parity_cell(c: dict) -> str:
+    """Max |difference| of the case's probabilities to ONNX Runtime's on the same input ('–' when not compared)."""
+    p = (c.get("info") or {}).get("parity")
+    if not p:
+        return "–"
+    if "max_abs_diff_prob" not in p:
+        return p.get("error", "–")
+    return f"{p['max_abs_diff_prob']:.1e}" + ("" if p.get("passed") else " (over 1e-4)")
+
+
 def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["run", "model", "input", "backend", "device", "threads", "load 1 min", "n", "p50 ms", "p90 ms", "p99 ms",
-            "mean ± std ms", "min ms", "GMAC/s at p50", "peak RSS", "energy / inference"]
+            "mean ± std ms", "min ms", "GMAC/s at p50", "max |Δp| vs ONNX Runtime", "peak RSS", "energy / inference"]
     rows = []
     for r in doc["runs"]:
         for c in r["cases"]:
@@ -228,12 +238,12 @@ def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
             base = [r["label"], c["model"], case_label(c), c["backend_label"], c.get("device") or "–",
                     str(c.get("threads") or "–"), _f(max(load), 1) if load else "–"]
             if c["status"] != "ok":
-                rows.append(base + [c["status"]] + [""] * 8)
+                rows.append(base + [c["status"]] + [""] * 9)
                 continue
             lat, mem = c["latency"], c.get("memory") or {}
             rows.append(base + [str(lat["n_samples"]), _f(lat["p50_ms"], 1), _f(lat["p90_ms"], 1), _f(lat["p99_ms"], 1),
                                 f"{_f(lat['mean_ms'], 1)} ± {_f(lat['std_ms'], 1)}", _f(lat["min_ms"], 1),
-                                _f(gmac_per_s(r, c), 2),
+                                _f(gmac_per_s(r, c), 2), parity_cell(c),
                                 _f(mem.get("peak_rss_mib"), 0, " MiB") if mem.get("peak_rss_mib") else "–",
                                 _energy_cell(c.get("energy"))])
     return head, rows
@@ -533,8 +543,8 @@ def html_page(doc: dict, plots: dict[str, bytes]) -> str:
 
 CASE_COLUMNS = ["run_id", "label", "model", "backend", "device", "kind", "image", "image_h", "image_w", "tile_h",
                 "tile_w", "tiles", "threads", "cores", "interleaved", "status", "n_samples", "warmup_runs", "min_ms",
-                "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "macs", "gmac_per_s", "peak_rss_mib",
-                "rss_after_load_mib", "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source",
+                "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "macs", "gmac_per_s",
+                "max_abs_diff_prob_vs_onnxruntime", "peak_rss_mib", "rss_after_load_mib", "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source",
                 "energy_status", "energy_per_image_j", "net_energy_per_image_j", "mean_power_w"]
 COMPLEXITY_COLUMNS = ["run_id", "model", "input_shape", "params", "params_source", "macs", "gmacs", "other_gops",
                       "macs_torch_flopcounter", "paper_params", "paper_gmacs", "weights_bytes", "onnx_bytes",
@@ -561,6 +571,8 @@ def cases_csv(doc: dict) -> str:
                          "tile_w": c["tile_hw"][1], "tiles": c["tiles"], "threads": c.get("threads"),
                          "cores": " ".join(map(str, c.get("cores") or [])), "interleaved": c.get("interleaved"),
                          "status": c["status"], **lat, "macs": case_macs(r, c), "gmac_per_s": gmac_per_s(r, c),
+                         "max_abs_diff_prob_vs_onnxruntime": ((c.get("info") or {}).get("parity") or {}).get(
+                             "max_abs_diff_prob"),
                          **{k: mem.get(k) for k in CASE_COLUMNS if k in mem},
                          "energy_kind": en.get("kind"), "energy_source": en.get("source"),
                          "energy_status": en.get("status"), "energy_per_image_j": en.get("energy_per_image_j"),

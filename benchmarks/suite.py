@@ -273,6 +273,9 @@ def run_job(job: dict) -> list[dict]:
 
     hwm_after = hwm_mib()
     load = [load_before, os.getloadavg()[0]] if load_before is not None else None
+    if job.get("outputs_dir"):  # every backend's output of the same input, for the parent's parity check
+        for b, fn in fns.items():
+            np.save(Path(job["outputs_dir"]) / f"{b}.npy", np.asarray(fn(), dtype=np.float32))
     peaks = [v for v in (hwm_before, hwm_after) if v is not None]
     peak = max(peaks) if peaks else ru_maxrss_mib()
     gpu_peak = None
@@ -698,8 +701,43 @@ def _summary(rec: dict) -> str:
     return f"p50 {lat['p50_ms']:.1f} ms over {lat['n_samples']} samples{peak}"
 
 
+PARITY_REFERENCE = "onnxruntime"
+PARITY_TOL = 1e-4  # on probabilities, as edge-export gates every stage
+
+
+def attach_parity(recs: dict[str, dict], outputs: Path) -> None:
+    """Each ok case's max |difference| to ONNX Runtime's output of the same input (logits and sigmoid
+    probabilities), under ``info.parity``; nothing when ONNX Runtime did not run."""
+    ref_file = outputs / f"{PARITY_REFERENCE}.npy"
+    if not ref_file.is_file():
+        return
+    ref = np.load(ref_file).astype(np.float64)
+    for b, rec in recs.items():
+        f = outputs / f"{b}.npy"
+        if b == PARITY_REFERENCE or rec.get("status") != "ok" or not f.is_file():
+            continue
+        got = np.load(f).astype(np.float64)
+        if got.shape != ref.shape:
+            d = {"reference": PARITY_REFERENCE, "error": f"output shape {list(got.shape)} vs {list(ref.shape)}"}
+        else:
+            prob = float(np.abs(1 / (1 + np.exp(-got)) - 1 / (1 + np.exp(-ref))).max())
+            d = {"reference": PARITY_REFERENCE, "max_abs_diff_logits": float(np.abs(got - ref).max()),
+                 "max_abs_diff_prob": prob, "tolerance_prob": PARITY_TOL, "passed": prob <= PARITY_TOL}
+        rec.setdefault("info", {})["parity"] = d
+        if not d.get("passed"):
+            rec.setdefault("notes", []).append(f"output differs from {PARITY_REFERENCE}'s: {d}")
+
+
 def _run_group(art: Artifact, specs: list[CaseSpec], job: dict, plan: Plan, optional: list[str],
                verbose: bool) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="edge-bench-outputs-") as outputs:
+        recs = _run_group_cases(art, specs, {**job, "outputs_dir": outputs}, plan, optional, verbose)
+        attach_parity({r["backend"]: r for r in recs}, Path(outputs))
+    return recs
+
+
+def _run_group_cases(art: Artifact, specs: list[CaseSpec], job: dict, plan: Plan, optional: list[str],
+                     verbose: bool) -> list[dict]:
     out: dict[str, dict] = {}
     runnable = []
     for s in specs:
@@ -727,7 +765,8 @@ def _run_group(art: Artifact, specs: list[CaseSpec], job: dict, plan: Plan, opti
             for s in runnable:
                 if by[s.backend]["status"] != "ok":
                     continue
-                m = _run_child({**job, "interleave": False, "runs": plan.memory_runs, "seconds": plan.seconds,
+                m = _run_child({**job, "interleave": False, "outputs_dir": None, "runs": plan.memory_runs,
+                                "seconds": plan.seconds,
                                 "warmup": min(1, plan.warmup), "image_warmup": min(1, plan.image_warmup)},
                                art, [s], verbose)[0]
                 if m.get("memory"):

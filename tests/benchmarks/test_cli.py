@@ -119,6 +119,11 @@ def test_small_end_to_end_run_writes_every_number(small_run):
     # each backend ran in its own process: the ONNX Runtime child never imported torch
     assert ok["onnxruntime"]["memory"]["peak_rss_mib"] < ok["torch"]["memory"]["peak_rss_mib"]
     assert ok["tvm"]["info"]["runtime_only"] is True
+    # every backend's output of the same input against ONNX Runtime's (shipped weights in all three)
+    assert "parity" not in ok["onnxruntime"]["info"]
+    for b in ("torch", "tvm"):
+        p = ok[b]["info"]["parity"]
+        assert p["reference"] == "onnxruntime" and p["passed"] and p["max_abs_diff_prob"] <= 1e-4, p
     if not cuda_device_present():
         gpu = [c for c in run["cases"] if c["backend"].endswith("-cuda")]
         assert len(gpu) == 3 and all(c["status"] == "unavailable: no CUDA device" for c in gpu)
@@ -142,6 +147,29 @@ def test_interleaved_rerun_reuses_the_package(small_run, capsys):
         assert c["interleaved"] and c["latency"]["n_samples"] == 4
         assert c["memory"]["measured_in"].startswith("own process")  # memory from an isolated child
         assert c["energy"]["status"].startswith("unavailable: interleaved run")
+    tvm = next(c for c in run["cases"] if c["backend"] == "tvm")
+    assert tvm["info"]["parity"]["passed"]
+
+
+def test_parity_is_against_onnxruntime_and_a_mismatch_is_noted(tmp_path):
+    import numpy as np
+
+    from benchmarks.suite import attach_parity
+
+    ref = np.zeros((1, 1, 4, 4), np.float32)
+    np.save(tmp_path / "onnxruntime.npy", ref)
+    np.save(tmp_path / "tvm.npy", ref + 1e-6)
+    np.save(tmp_path / "openvino.npy", ref + 0.5)  # sigmoid(0.5) - 0.5 = 0.12
+    np.save(tmp_path / "torch.npy", np.zeros((1, 1, 2, 2), np.float32))
+    recs = {b: {"backend": b, "status": "ok", "info": {}, "notes": []}
+            for b in ("onnxruntime", "tvm", "openvino", "torch")}
+    attach_parity(recs, tmp_path)
+    assert recs["tvm"]["info"]["parity"]["passed"] and not recs["tvm"]["notes"]
+    bad = recs["openvino"]["info"]["parity"]
+    assert not bad["passed"] and abs(bad["max_abs_diff_prob"] - 0.1225) < 1e-3
+    assert "differs from onnxruntime" in recs["openvino"]["notes"][0]
+    assert "shape" in recs["torch"]["info"]["parity"]["error"]
+    assert "parity" not in recs["onnxruntime"]["info"]
 
 
 def test_busy_machine_is_said_in_the_notes():
