@@ -57,6 +57,6 @@ edge-run "$out/retina.png" --package "$root/packages/m2unet-x86_64" -o "$out/hos
 say "segmenting it again inside the emulated arm64 userland (QEMU) with the aarch64 package"
 $SUDO bash "$root/docker/arm64-userland.sh" run -- edge-run "$out/retina.png" --package "$root/packages/m2unet-arm64" \
   -o "$out/arm64"
-say "benchmarking PyTorch, ONNX Runtime and TVM at 544x544 (report in $out/bench)"
-edge-bench m2unet --sizes 544 --backends torch,onnxruntime,tvm "${weights[@]}" -o "$out/bench"
+say "benchmarking PyTorch, ONNX Runtime, OpenVINO and TVM at 544x544, interleaved (report in $out/bench)"
+edge-bench m2unet --sizes 544 --backends torch,onnxruntime,openvino,tvm --interleave "${weights[@]}" -o "$out/bench"
 say "done: outputs in $out"
