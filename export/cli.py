@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MetaSchedule trials to tune before compiling (written to --tuning-db)")
     ap.add_argument("--tuning-db", help="MetaSchedule database directory to apply (and to tune into with --tune); "
                                         "default: the database shipped for the target class, model and size")
+    ap.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                    help="with --tune for a cross target: the TVM RPC tracker the board's server registered with")
+    ap.add_argument("--rpc-key", metavar="KEY", help="with --rpc-tracker: the board's device key, e.g. rk3399")
     ap.add_argument("--list-models", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return ap
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         result = export_model(args.model, target=args.target, weights=args.weights,
                               input_size=parse_size(args.input_size) if args.input_size else None, out=args.out,
                               cuda_arch=args.cuda_arch, tuning_db=args.tuning_db, tune_trials=args.tune,
-                              force=args.force)
+                              force=args.force, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
         print(fmt_summary(result))
         return 0
 

@@ -78,7 +78,8 @@ def shipped_tuning_db(preset: TargetPreset, model: str, size: tuple[int, int]) -
 def export_model(model: str, target: str = "x86_64", weights: str | Path | None = None,
                  input_size: tuple[int, int] | None = None, out: str | Path | None = None,
                  cuda_arch: str | None = None, tuning_db: str | Path | None = None, tune_trials: int = 0,
-                 force: bool = False, log=tvm_stage.progress) -> ExportResult:
+                 force: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
+                 log=tvm_stage.progress) -> ExportResult:
     """Run every stage, verify each against the previous one, and write the package atomically.
 
     ``model`` is a registered name or a path to an ``.onnx`` file. Raises :class:`EdgeError` on any failure;
@@ -86,6 +87,13 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
     """
     preset = get_target(target)
     preset.check_toolchain()
+    rpc = None
+    if rpc_tracker or rpc_key:
+        from export.tuning import rpc_endpoint
+
+        if tune_trials <= 0:
+            raise EdgeError("--rpc-tracker/--rpc-key only serve tuning: add --tune N --tuning-db DIR")
+        rpc = rpc_endpoint(rpc_tracker, rpc_key)  # checked (and the tracker reached) before any work
     stages: list[Stage] = []
     warns: list[str] = []
     parity: list[dict] = []
@@ -171,7 +179,7 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                 raise EdgeError("--tune needs --tuning-db DIR to write the database into")
             t0 = time.perf_counter()
             log(f"tuning {tune_trials} trials for {preset.name} into {db} (this takes a while)")
-            tune(s, name, shape, preset, db, tune_trials, cuda_arch=cuda_arch)
+            tune(s, name, shape, preset, db, tune_trials, cuda_arch=cuda_arch, rpc=rpc)
             stages.append(Stage("tune (MetaSchedule)", time.perf_counter() - t0, f"{tune_trials} trials"))
         if db is None:
             db = shipped_tuning_db(preset, meta_model["name"], tuple(shape[2:]))
@@ -217,7 +225,8 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
             "target": {"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
                        "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
                        "tuning_key": tuning_key(preset)},
-            "tuning": {"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks},
+            "tuning": {"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks,
+                       "hand_kernels": compiled.hand_kernels},
             "versions": _versions(),
             "host": {"machine": platform.machine(), "cpu": _host_cpu_name()},
             "parity": parity,

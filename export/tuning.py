@@ -6,6 +6,7 @@ Records whose target does not fit the compile target are ignored with a notice, 
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -106,6 +107,54 @@ def load_database(work_dir: Path, target):
     return db, used
 
 
+def rpc_endpoint(tracker: str | None, key: str | None) -> tuple[str, int, str]:
+    """(host, port, key) of a TVM RPC tracker given as HOST:PORT, checked to accept connections."""
+    import socket
+
+    if not tracker or not key:
+        raise EdgeError("tuning on a device needs both --rpc-tracker HOST:PORT and --rpc-key KEY (the key the "
+                        "board's RPC server registered with)")
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit():
+        raise EdgeError(f"--rpc-tracker must look like HOST:PORT, e.g. 127.0.0.1:9190; got '{tracker}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise EdgeError(f"the TVM RPC tracker at {tracker} is unreachable ({exc.strerror or exc}); start it with "
+                        f"`python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}`") from None
+    return host, int(port), key
+
+
+def _export_cross(cxx: str, mod) -> str:
+    """MetaSchedule builder export for a cross target: a shared library linked by ``cxx`` (the device runs
+    only TVM's runtime, so it cannot link the default tar of object files itself)."""
+    import os
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="ms-cross-"), "tvm_tmp_mod.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(cxx))
+    return path
+
+
+def _alloc_filled_on_host(session, device, args_info, alloc_repeat):
+    """MetaSchedule RPC argument allocation without the server's random-fill function, which a runtime-only
+    TVM (the device image's) does not have: the values are drawn here and copied over."""
+    import numpy as np
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(arg) -> None:
+        shape, dtype = tuple(int(d) for d in arg.shape), str(arg.dtype)
+        kind = np.dtype(dtype).kind if dtype not in ("bfloat16",) else "f"
+        host = rng.random(shape).astype(dtype) if kind == "f" else np.zeros(shape, dtype=dtype)
+        arg.copyfrom(host)
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+
 def _import_intrinsics() -> None:  # builder worker initializer: the import is slow, do it once per worker
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
@@ -138,11 +187,15 @@ def tune(m, input_name: str, shape: list[int], preset: TargetPreset, work_dir: P
         print(f"notice: nothing to tune: all {report.count} fused kernels have hand-written schedules; "
               f"{work_dir} holds an empty database", file=sys.stderr)
         return 0
-    builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600, initializer=_import_intrinsics)
+    f_export = functools.partial(_export_cross, preset.cross_compiler) if preset.cross_compiler else None
+    builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600, initializer=_import_intrinsics,
+                                      f_export=f_export)
     if rpc is not None:
         host, port, key = rpc
+        # emulated or slow boards: long sessions; wall times over RPC rank candidates, nothing more
         runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                                         session_timeout_sec=600), max_workers=1)
+                                                         session_timeout_sec=900), max_workers=1,
+                                     f_alloc_argument=_alloc_filled_on_host)
     else:
         runner = ms.runner.LocalRunner(timeout_sec=120)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir), seed=0)

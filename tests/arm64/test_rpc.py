@@ -180,3 +180,79 @@ def test_edge_bench_measures_a_package_through_the_tracker(server, arm_package, 
     assert remote[0]["info"]["timing"].startswith("emulated")
     assert any("emulated" in n and "not a board timing" in n for n in remote[0]["notes"])
     assert remote[0]["latency"]["n_samples"] >= 1
+
+
+@pytest.mark.cross
+@pytest.mark.slow
+def test_edge_export_tunes_for_arm64_through_the_tracker(server, userland, cross_cxx, tmp_path):
+    """`edge-export --target arm64 --tune N --rpc-tracker --rpc-key`: MetaSchedule builds each candidate on this
+    host, links it with the cross g++ and measures it on the emulated board (wall times mean nothing there;
+    the flow and the code are what is checked); the package applies the database and runs on the board."""
+    import json
+    import textwrap
+
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from edge.package import load_package
+    from export.onnx_stage import ort_run, torch_to_onnx
+    from export.pipeline import export_model
+    from export.targets import get_target
+    from export.tuning import load_database
+
+    class Pooled(nn.Module):  # a conv the hand kernels take, a max-pool they leave to tuning
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            return F.max_pool2d(F.relu(self.conv(x)), 2)
+
+    torch.manual_seed(0)
+    shape = (1, 3, 16, 16)
+    m, _ = torch_to_onnx(Pooled().eval(), shape, tmp_path / "pooled.onnx")
+    db = tmp_path / "db"
+    r = export_model(str(tmp_path / "pooled.onnx"), "arm64", out=tmp_path / "pkg", tune_trials=2, tuning_db=db,
+                     rpc_tracker=server, rpc_key=KEY)
+    records = [json.loads(ln) for ln in (db / "database_tuning_record.json").read_text().splitlines() if ln]
+    assert records, "no tuning record came back from the emulated board"
+    # run_secs of a failed measurement is 1e10: at least one candidate really ran on the board
+    assert any(min(r[1][1]) < 1e9 for r in records), [r[1][1] for r in records]
+    _, used = load_database(db, get_target("arm64").tvm_target())
+    assert used >= 1
+    meta = load_package(r.package).meta
+    assert meta["tuning"]["tuned_kernels"] == 1 and meta["tuning"]["database"] == str(db)
+
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "run.py").write_text(textwrap.dedent("""\
+        import sys
+        import numpy as np
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+        d = sys.argv[1]
+        vm = VirtualMachine(tvm.runtime.load_module(d + "/pkg/model.so"), tvm.cpu())
+        out = vm["main"](tvm.runtime.tensor(np.load(d + "/x.npy")))
+        np.save(d + "/y.npy", (out if hasattr(out, "numpy") else out[0]).numpy())
+        """))
+    userland.run("python3", tmp_path / "run.py", tmp_path, binds=[tmp_path])
+    assert float(np.abs(np.load(tmp_path / "y.npy") - ort_run(m, x)).max()) <= 1e-4
+
+
+def test_edge_export_rpc_options_need_tune_and_a_reachable_tracker(tmp_path, capsys):
+    from export.cli import main
+
+    assert main(["m2unet", "--input-size", "32", "--rpc-tracker", "127.0.0.1:1", "--rpc-key", KEY,
+                 "--out", str(tmp_path / "a")]) != 0
+    assert "only serve tuning" in capsys.readouterr().err
+    assert main(["m2unet", "--target", "arm64", "--input-size", "32", "--tune", "2", "--tuning-db",
+                 str(tmp_path / "db"), "--rpc-tracker", f"127.0.0.1:{free_port()}", "--rpc-key", KEY,
+                 "--out", str(tmp_path / "b")]) != 0
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "rpc_tracker" in err
+    assert main(["m2unet", "--target", "arm64", "--input-size", "32", "--tune", "2", "--tuning-db",
+                 str(tmp_path / "db"), "--out", str(tmp_path / "c")]) != 0
+    assert "--rpc-tracker" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")
