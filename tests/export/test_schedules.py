@@ -272,3 +272,39 @@ def test_narrower_x86_vectors_compute_the_same(m2unet_small, fuse_everything, le
     vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     x = sample_input(shape, seed=6)
     assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+
+
+@pytest.mark.slow
+def test_shipped_database_is_applied_by_default_and_foreign_records_are_ignored(tmp_path, monkeypatch, capsys):
+    """A database under export/tuning/<class>/<model>-<H>x<W> is what a plain export applies; records made for
+    another target (here rewritten to a Cortex-A72's) are dropped with a notice and the output stays right."""
+    import json
+
+    import export.tuning as tuning
+    from export.pipeline import export_model
+    from export.targets import get_target
+    from export.tuning import database_dir, tune
+
+    shape = (1, 3, 16, 16)
+    m = _onnx(_Pooled(), shape, tmp_path)
+    onnx_file = tmp_path / "pooled.onnx"
+    import onnx
+
+    onnx.save(m, onnx_file)
+    monkeypatch.setattr(tuning, "SHIPPED", tmp_path / "shipped")
+    preset = get_target("x86_64")
+    db = database_dir(preset, "pooled", (16, 16))
+    assert tune(m, m.graph.input[0].name, list(shape), preset, db, trials=2) == 1
+    r = export_model(str(onnx_file), "x86_64", out=tmp_path / "pkg")
+    assert r.meta["tuning"] == {"database": str(db), "tuned_kernels": 1, "hand_kernels": 1}
+
+    rec = db / "database_tuning_record.json"
+    lines = [json.loads(ln) for ln in rec.read_text().splitlines() if ln.strip()]
+    for ln in lines:
+        ln[1][2] = {**ln[1][2], "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
+    rec.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    capsys.readouterr()
+    r = export_model(str(onnx_file), "x86_64", out=tmp_path / "pkg2")
+    assert "made for another target and are ignored" in capsys.readouterr().err
+    assert r.meta["tuning"]["tuned_kernels"] == 0
+    assert all(p["passed"] for p in r.meta["parity"])
