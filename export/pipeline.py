@@ -179,8 +179,10 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                 raise EdgeError("--tune needs --tuning-db DIR to write the database into")
             t0 = time.perf_counter()
             log(f"tuning {tune_trials} trials for {preset.name} into {db} (this takes a while)")
-            tune(s, name, shape, preset, db, tune_trials, cuda_arch=cuda_arch, rpc=rpc)
-            stages.append(Stage("tune (MetaSchedule)", time.perf_counter() - t0, f"{tune_trials} trials"))
+            n_tasks = tune(s, name, shape, preset, db, tune_trials, cuda_arch=cuda_arch, rpc=rpc)
+            stages.append(Stage("tune (MetaSchedule)", time.perf_counter() - t0,
+                                f"{tune_trials} trials over {n_tasks} kernels" if n_tasks else
+                                "nothing to tune: every fused kernel is hand-written (empty database)"))
         if db is None:
             db = shipped_tuning_db(preset, meta_model["name"], tuple(shape[2:]))
         elif not (db / "database_tuning_record.json").is_file():
@@ -269,6 +271,9 @@ def fmt_summary(r: ExportResult) -> str:
                  f"{r.meta['target']['tvm_target'].get('mcpu', '')}")
     lines.append("parity   " + "; ".join(f"{p['stage']} vs {p['reference']}: {p['max_abs_diff']:.1e}"
                                         for p in r.meta["parity"]))
+    t = r.meta["tuning"]
+    lines.append(f"tuning   {t['database'] or 'no database'}: {t['tuned_kernels']} tuned kernels, "
+                 f"{t['hand_kernels']} hand-written")
     if r.meta["model"].get("untrained"):
         lines.append("WARNING  untrained (random) weights: this package does not segment vessels")
     return "\n".join(lines)

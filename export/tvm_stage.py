@@ -43,7 +43,6 @@ def _lower(mod, target, database_dir: Path | None) -> tuple[object, int]:
 
 def lower(mod, target, database_dir: Path | None = None, hand_kernels: bool = True):
     """``_lower`` with its :class:`export.schedules.Report` (which kernels are hand-written)."""
-    import tvm
     from tvm import relax
 
     from export import schedules
@@ -64,11 +63,18 @@ def lower(mod, target, database_dir: Path | None = None, hand_kernels: bool = Tr
         from export.tuning import load_database
 
         db, _ = load_database(database_dir, target)
+        # tuned = scheduled by the database, not before it: hand kernels, graph rewrites and fused chains
+        # are scheduled already (under names of their own), and an empty database must count 0
+        before = _scheduled(mod)
         mod = _apply_database(mod, db)
-    tuned = sum(1 for gv, f in mod.functions.items()
-                if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs
-                and gv.name_hint not in report.scheduled)
-    return mod, tuned, report
+    return mod, len(_scheduled(mod) - before), report
+
+
+def _scheduled(mod) -> set[str]:
+    import tvm
+
+    return {gv.name_hint for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs}
 
 
 def _apply_database(mod, db):

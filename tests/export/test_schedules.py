@@ -251,6 +251,24 @@ def test_tuning_a_fully_hand_scheduled_graph_leaves_an_empty_database(tmp_path, 
     assert "nothing to tune" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_edge_export_tune_on_m2unet_says_nothing_was_tuned(tmp_path, capsys):
+    """Every M2U-Net kernel is hand-written: `edge-export --tune N` says so in its summary (not "N trials")
+    and meta.json records the empty database, 0 tuned and all hand-written kernels."""
+    import json
+
+    from export.cli import main
+
+    db = tmp_path / "db"
+    assert main(["m2unet", "--input-size", "32", "--tune", "2", "--tuning-db", str(db),
+                 "--out", str(tmp_path / "pkg")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to tune" in out and "2 trials" not in out
+    tuning = json.loads((tmp_path / "pkg" / "meta.json").read_text())["tuning"]
+    assert tuning["database"] == str(db) and tuning["tuned_kernels"] == 0 and tuning["hand_kernels"] >= 30
+    assert f"tuning   {db}: 0 tuned kernels, {tuning['hand_kernels']} hand-written" in out
+
+
 @pytest.mark.parametrize("level,feature", [("x86-64-v3", "avx2"), ("x86-64-v2", "sse4.2")])
 def test_narrower_x86_vectors_compute_the_same(m2unet_small, fuse_everything, level, feature):
     """AVX2 (8 lanes, 16 registers) and SSE (4 lanes) tiles, run on this host when it has them."""
