@@ -94,6 +94,9 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
         if tune_trials <= 0:
             raise EdgeError("--rpc-tracker/--rpc-key only serve tuning: add --tune N --tuning-db DIR")
         rpc = rpc_endpoint(rpc_tracker, rpc_key)  # checked (and the tracker reached) before any work
+    elif tune_trials > 0 and preset.is_cross:
+        raise EdgeError(f"tuning for {preset.name} must measure on the device: pass --rpc-tracker HOST:PORT "
+                        "--rpc-key KEY (a board or the emulated userland running a TVM RPC server)")
     stages: list[Stage] = []
     warns: list[str] = []
     parity: list[dict] = []

@@ -220,6 +220,8 @@ def test_edge_export_tunes_for_arm64_through_the_tracker(server, userland, cross
     assert records, "no tuning record came back from the emulated board"
     # run_secs of a failed measurement is 1e10: at least one candidate really ran on the board
     assert any(min(r[1][1]) < 1e9 for r in records), [r[1][1] for r in records]
+    targets = [r[1][2] for r in records]
+    assert all(t["mtriple"].startswith("aarch64") and t["mcpu"] == "cortex-a72" for t in targets), targets
     _, used = load_database(db, get_target("arm64").tvm_target())
     assert used >= 1
     meta = load_package(r.package).meta
@@ -241,7 +243,9 @@ def test_edge_export_tunes_for_arm64_through_the_tracker(server, userland, cross
     assert float(np.abs(np.load(tmp_path / "y.npy") - ort_run(m, x)).max()) <= 1e-4
 
 
-def test_edge_export_rpc_options_need_tune_and_a_reachable_tracker(tmp_path, capsys):
+def test_edge_export_rpc_options_need_tune_and_a_reachable_tracker(cross_cxx, tmp_path, capsys):
+    """One-line errors before any export work: RPC options without --tune, an unreachable tracker, and
+    cross tuning without a tracker (which names the options)."""
     from export.cli import main
 
     assert main(["m2unet", "--input-size", "32", "--rpc-tracker", "127.0.0.1:1", "--rpc-key", KEY,
@@ -254,5 +258,6 @@ def test_edge_export_rpc_options_need_tune_and_a_reachable_tracker(tmp_path, cap
     assert "unreachable" in err and "rpc_tracker" in err
     assert main(["m2unet", "--target", "arm64", "--input-size", "32", "--tune", "2", "--tuning-db",
                  str(tmp_path / "db"), "--out", str(tmp_path / "c")]) != 0
-    assert "--rpc-tracker" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--rpc-tracker HOST:PORT" in err and "--rpc-key KEY" in err and "[edge-export]" not in err
     assert not any((tmp_path / d).exists() for d in "abc")
