@@ -155,6 +155,18 @@ def _alloc_filled_on_host(session, device, args_info, alloc_repeat):
     return alloc_argument_common(fill, device, args_info, alloc_repeat)
 
 
+def _drop_unnamed_handlers() -> None:
+    """MetaSchedule rebuilds its loggers with dictConfig from the names of the handlers already on its logger
+    and fails on a handler without a name (e.g. one a test harness or an application attached); dictConfig
+    replaces those handlers anyway."""
+    import logging
+
+    lg = logging.getLogger("tvm.s_tir.meta_schedule")
+    for h in list(lg.handlers):
+        if h.get_name() is None:
+            lg.removeHandler(h)
+
+
 def _import_intrinsics() -> None:  # builder worker initializer: the import is slow, do it once per worker
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
@@ -198,6 +210,7 @@ def tune(m, input_name: str, shape: list[int], preset: TargetPreset, work_dir: P
                                      f_alloc_argument=_alloc_filled_on_host)
     else:
         runner = ms.runner.LocalRunner(timeout_sec=120)
+    _drop_unnamed_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir), seed=0)
     ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                        max_trials_global=max(trials, len(tasks)), num_trials_per_iter=min(64, max(trials // 4, 2)),
