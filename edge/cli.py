@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument("--float", dest="float_out", action="store_true", help="also write <stem>_prob.tif (float32)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the run summary as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that already exist in OUTDIR (default: refuse before any work)")
+    p.add_argument("--max-megapixels", type=float, default=None, metavar="MPX",
+                   help="largest image decoded, in megapixels (default: 64; each megapixel needs ~25 MB "
+                        "while it is segmented)")
     p.add_argument("-v", "--verbose", action="store_true", help="per-image timings; tracebacks on errors")
     return p
 
@@ -131,6 +136,61 @@ def companion(path: Path, image: Path, what: str) -> Path:
     return hits[0]
 
 
+def output_names(stem: str, overlay: bool, float_out: bool) -> list[str]:
+    """The file names ``render_outputs`` writes for an image (kept in one place with it)."""
+    names = [f"{stem}_prob.png", f"{stem}_mask.png"]
+    if float_out:
+        names.append(f"{stem}_prob.tif")
+    if overlay:
+        names.append(f"{stem}_overlay.png")
+    return names
+
+
+def check_no_overwrite(images: list[Path], out: Path, args: argparse.Namespace) -> None:
+    """Refuse, before any work, to replace outputs that are already there (unless --overwrite)."""
+    if args.overwrite:
+        return
+    existing = [out / n for p in images for n in output_names(p.stem, args.overlay, args.float_out)
+                if (out / n).exists()]
+    if args.json and Path(args.json).exists():
+        existing.append(Path(args.json))
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise InputError(f"{existing[0]}{more} already exist; pass --overwrite to replace them or choose "
+                         "another output folder with -o")
+
+
+class OutputLock:
+    """An exclusive lock on the output folder for the whole run: a second edge-run into the same folder is
+    refused at once instead of interleaving its files with ours. flock on the folder itself, so no lock file
+    is left behind and a killed run releases it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+        import os
+
+        self.fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise InputError(f"another edge-run is writing into {self.out}; wait for it to finish or choose "
+                             "another output folder with -o") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
 def check_writable(out: Path) -> None:
     import tempfile
 
@@ -163,12 +223,13 @@ def render_outputs(image: np.ndarray, result: Any, truth: np.ndarray | None, ste
     """Encode every output of one image in memory (so a failure writes nothing)."""
     from edge.imageio import encode_image
 
+    names = iter(output_names(stem, overlay, float_out))
     files = {
-        "prob": (out / f"{stem}_prob.png", encode_image(np.rint(result.prob * 255).astype(np.uint8), ".png")),
-        "mask": (out / f"{stem}_mask.png", encode_image(result.mask.astype(np.uint8) * 255, ".png")),
+        "prob": (out / next(names), encode_image(np.rint(result.prob * 255).astype(np.uint8), ".png")),
+        "mask": (out / next(names), encode_image(result.mask.astype(np.uint8) * 255, ".png")),
     }
     if float_out:
-        files["prob_float"] = (out / f"{stem}_prob.tif", encode_image(result.prob.astype(np.float32), ".tif"))
+        files["prob_float"] = (out / next(names), encode_image(result.prob.astype(np.float32), ".tif"))
     if overlay:
         ov = image.copy()
         if truth is None:
@@ -178,7 +239,7 @@ def render_outputs(image: np.ndarray, result: Any, truth: np.ndarray | None, ste
             ov[result.mask & t] = TP
             ov[result.mask & ~t] = FP
             ov[~result.mask & t] = FN
-        files["overlay"] = (out / f"{stem}_overlay.png", encode_image(ov, ".png"))
+        files["overlay"] = (out / next(names), encode_image(ov, ".png"))
     return files
 
 
@@ -225,13 +286,8 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """The work behind ``main``: returns the summary and the exit code; raises EdgeError for fatal errors."""
-    from tqdm import tqdm
-
-    from edge.backends import CHOICES, available_cores, create_backend, set_cores
-    from edge.imageio import read_image, read_mask, write_atomic
-    from edge.metrics import Confusion
-    from edge.package import host_arch, load_package
-    from edge.segment import resolve_options, segment
+    from edge.backends import CHOICES, available_cores, set_cores
+    from edge.package import load_package
     from edge.tiling import BLENDS
 
     t_start = time.perf_counter()
@@ -241,6 +297,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         raise InputError(f"--threads {args.threads} must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError(f"--threshold {args.threshold} is outside [0, 1]; pass a probability")
+    if args.max_megapixels is not None and not args.max_megapixels > 0:
+        raise InputError(f"--max-megapixels {args.max_megapixels} must be above 0")
+    max_pixels = int(args.max_megapixels * 1e6) if args.max_megapixels else None
     cores = parse_cores(args.cores) if args.cores else None
     if cores:
         set_cores(cores)
@@ -254,6 +313,23 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     check_writable(out)
     if args.json:
         check_writable(Path(args.json).resolve().parent)
+    with OutputLock(out):
+        check_no_overwrite(images, out, args)
+        return _run_locked(args, t_start, images, pkg, out, cores, threads, backend_name, blend, max_pixels)
+
+
+def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pkg: Any, out: Path,
+                cores: list[int] | None, threads: int, backend_name: str, blend: str | None,
+                max_pixels: int | None) -> tuple[dict[str, Any], int]:
+    """The batch, with the output folder locked: one image at a time, a bad one reported and skipped."""
+    from tqdm import tqdm
+
+    from edge.backends import create_backend
+    from edge.imageio import read_image, read_mask, write_atomic
+    from edge.metrics import Confusion
+    from edge.package import host_arch
+    from edge.segment import resolve_options, segment
+
     threshold, overlap, blend = resolve_options(pkg, args.threshold, args.overlap, blend)
     choice = create_backend(pkg, backend_name, threads, pinned=bool(cores))
     options = {"threshold": threshold, "overlap": overlap, "blend": blend, "tile": list(pkg.tile)}
@@ -267,7 +343,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         rep = ImageReport(str(path))
         t0 = time.perf_counter()
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels)
             shape = image.shape[:2]
             fov = read_mask(companion(Path(args.mask), path, "mask"), shape, "mask") if args.mask else None
             truth = (read_mask(companion(Path(args.truth), path, "ground truth"), shape, "ground truth")

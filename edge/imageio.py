@@ -1,18 +1,29 @@
-"""Reading fundus photos and masks (TIFF, PNG, JPEG, PPM, GIF, BMP) and writing outputs atomically."""
+"""Reading fundus photos and masks (TIFF, PNG, JPEG, PPM, GIF, BMP) and writing outputs atomically.
+
+Pillow decodes and encodes: it covers every format the runtime reads, in ~22 MB, where OpenCV's wheel is 90 MB
+on the board (its video stack and a second OpenBLAS, none of which a fundus photo needs).
+"""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from edge.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".ppm", ".pnm", ".pgm")
+
+# Largest image decoded, in pixels. An HRF photograph is 8.2 Mpx; 64 Mpx (8000x8000) needs about 1.5 GB of
+# working memory in edge-run (image, float accumulators, outputs), which is what a 4 GB board can spare. A file
+# whose header claims more (a decompression bomb, or a panorama) is refused before any pixel is decoded.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = None  # our own check below says it better than Pillow's DecompressionBombError
 
 # File signatures: a file that starts like an image but does not decode is truncated or corrupt; one that
 # starts like nothing we know is not an image at all.
@@ -27,27 +38,16 @@ _SIGNATURES = {
     b"P1": "PNM", b"P2": "PNM", b"P3": "PNM", b"P4": "PNM", b"P5": "PNM", b"P6": "PNM",
 }
 
+# Pillow modes -> what the pixels are. Anything else (CMYK, LAB, HSV, ...) is refused by name.
+_GREY = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_TWO = {"LA", "La", "PA"}
+
 
 def _format(head: bytes) -> str | None:
     for sig, name in _SIGNATURES.items():
         if head.startswith(sig):
             return name
     return None
-
-
-@contextlib.contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """OpenCV prints decoder warnings itself; our errors say it better, in one line."""
-    logging = getattr(getattr(cv2, "utils", None), "logging", None)
-    if logging is None:
-        yield
-        return
-    old = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        logging.setLogLevel(old)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -64,49 +64,57 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _decode_gif_fallback(path: Path) -> np.ndarray | None:
-    """OpenCV builds before 4.11 cannot decode GIF; read its first frame with Pillow or a VideoCapture."""
-    try:
-        from PIL import Image  # optional: present on most installs, not a dependency
-    except ImportError:
-        Image = None
-    if Image is not None:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return np.asarray(im.convert("RGB"))[..., ::-1].copy()  # BGR, like OpenCV
-        except (OSError, ValueError):
-            return None
-    cap = cv2.VideoCapture(str(path))
-    try:
-        ok, frame = cap.read()
-    finally:
-        cap.release()
-    return frame if ok else None
+def _corrupt(path: Path, kind: str | None) -> InputError:
+    if kind is None:
+        return InputError(f"{path} is not an image (unrecognised format); pass a PNG, JPEG, TIFF, BMP, PPM or GIF "
+                          "file")
+    extra = " (or a layout this runtime does not read, e.g. float or 12-bit samples)" if kind == "TIFF" else ""
+    return InputError(f"{path} is a truncated or corrupt {kind} file{extra}: it does not decode; re-copy or "
+                      "re-export it")
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Decode with OpenCV, unchanged (keeps bit depth, alpha, grey); BGR(A) channel order."""
+def _decode(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+    """The first frame as a numpy array and its Pillow mode; the pixel count is checked before decoding."""
     data = _read_bytes(path)
     kind = _format(data[:16])
-    with _quiet_opencv():
-        try:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            img = None
-    if img is None and kind == "GIF":
-        img = _decode_gif_fallback(path)
-    if img is None:
-        if kind is None:
-            raise InputError(f"{path} is not an image (unrecognised format); pass a PNG, JPEG, TIFF, BMP, "
-                             "PPM or GIF file")
-        raise InputError(f"{path} is a truncated or corrupt {kind} file (it does not decode); re-copy or "
-                         "re-export it")
-    # Older OpenCV decodes a truncated JPEG to a partly grey picture with only a warning: check the
-    # end-of-image marker (entropy-coded data never contains it, so it must be near the end).
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    # A truncated JPEG can decode to a grey-padded picture on some libjpeg builds: check the end-of-image
+    # marker (entropy-coded data never contains it, so it must be near the end).
     if kind == "JPEG" and b"\xff\xd9" not in data[-65536:]:
         raise InputError(f"{path} is a truncated JPEG file (no end-of-image marker); re-copy it")
-    return img
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's decoder warnings: our errors say it in one line
+        try:
+            im = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise _corrupt(path, kind) from exc
+        w, h = im.size
+        if w * h > limit:
+            raise InputError(f"{path} is {w}x{h} pixels ({w * h / 1e6:.0f} Mpx), over the {limit / 1e6:.0f} Mpx "
+                             "this runtime decodes; downscale it, or raise the limit with --max-megapixels if "
+                             "the machine has the memory")
+        if w == 0 or h == 0:
+            raise InputError(f"{path} has no pixels ({w}x{h}); re-export it")
+        try:
+            im.load()
+        except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for bad data
+            if isinstance(exc, MemoryError):
+                raise InputError(f"{path} ({w}x{h}) does not fit in memory; downscale it") from exc
+            raise _corrupt(path, kind) from exc
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGB")
+    elif mode == "PA":
+        im = im.convert("LA")
+    elif mode == "YCbCr":
+        im = im.convert("RGB")
+    elif mode == "RGBX":
+        im = im.convert("RGB")
+    mode = im.mode
+    arr = np.asarray(im)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr, mode
 
 
 def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
@@ -118,37 +126,41 @@ def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
     raise InputError(f"{path} has {img.dtype} pixels; save it with 8- or 16-bit unsigned integer pixels")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a colour fundus photo as RGB uint8 (H, W, 3). 16-bit files are scaled by 255/65535.
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read a colour fundus photo as RGB uint8 (H, W, 3). 16-bit colour comes in scaled to 8 bits.
 
-    Raises :class:`InputError` for a missing, empty, truncated or non-image file, a 1-channel (grey) image
-    and an image with an alpha channel (the runtime does not guess how to drop or composite it).
+    Raises :class:`InputError` for a missing, empty, truncated or non-image file, an image over ``max_pixels``
+    (default :data:`MAX_PIXELS`), a 1-channel (grey) image, a 2-channel (grey + alpha) one, an image with an
+    alpha channel and other colour spaces (the runtime does not guess how to drop or convert them).
     """
     path = Path(path)
-    img = _to_uint8(_decode(path), path)
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels in (1, 2):
+    img, mode = _decode(path, max_pixels)
+    if mode in _GREY or img.ndim == 2:
         raise InputError(f"{path} is a 1-channel (grey) image; the model needs a colour (RGB) fundus photo")
-    if channels == 4:
+    if mode in _TWO:
+        raise InputError(f"{path} is a 2-channel (grey + alpha) image; the model needs a colour (RGB) fundus photo")
+    if mode == "RGBA" or mode == "RGBa":
         raise InputError(f"{path} has an alpha channel (RGBA); save it as RGB without alpha "
                          "(e.g. `convert in.png -alpha off out.png`)")
-    if channels != 3:
-        raise InputError(f"{path} has {channels} channels; pass a 3-channel RGB image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if mode != "RGB" or img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(f"{path} is a {mode} image; save it as an RGB PNG, JPEG or TIFF")
+    return np.ascontiguousarray(_to_uint8(img, path))
 
 
-def read_mask(path: str | Path, shape: tuple[int, int] | None = None, what: str = "mask") -> np.ndarray:
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None, what: str = "mask",
+              max_pixels: int | None = None) -> np.ndarray:
     """Read a binary mask (FOV mask or ground truth) of any bit depth or channel count as bool (H, W).
 
     A pixel is True when its value is above half of the mask's maximum, so 0/1, 0/255 and 0/65535 masks
     all work; an all-zero mask is all False. ``shape`` (H, W) is checked when given.
     """
     path = Path(path)
-    img = _decode(path)
-    if img.dtype not in (np.uint8, np.uint16, np.bool_):
-        raise InputError(f"{path} has {img.dtype} pixels; save the {what} as an 8-bit PNG/GIF/TIFF")
+    img, mode = _decode(path, max_pixels)
+    if img.dtype.kind == "f" or mode not in _GREY | _TWO | {"P", "RGB", "RGBA", "RGBa", "RGBX", "YCbCr"}:
+        raise InputError(f"{path} is a {mode} image with {img.dtype} pixels; save the {what} as an 8-bit "
+                         "PNG/GIF/TIFF")
     if img.ndim == 3:
-        img = img[..., :3].max(axis=2)
+        img = img[..., :1].max(axis=2) if mode in _TWO else img[..., :3].max(axis=2)
     peak = int(img.max())
     mask = img > peak / 2 if peak > 0 else np.zeros(img.shape, dtype=bool)
     if shape is not None and mask.shape != tuple(shape):
@@ -157,14 +169,36 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None, what: str 
     return mask
 
 
+_ENCODE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG",
+                   ".bmp": "BMP", ".ppm": "PPM", ".pgm": "PPM", ".pnm": "PPM", ".gif": "GIF"}
+
+
 def encode_image(array: np.ndarray, suffix: str) -> bytes:
-    """Encode an RGB (H, W, 3) or single-channel array with OpenCV (``suffix`` picks the format)."""
-    if array.ndim == 3 and array.shape[2] == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(suffix, array)
-    if not ok:
-        raise InputError(f"cannot encode a {array.dtype} image as {suffix}")
-    return buf.tobytes()
+    """Encode an RGB (H, W, 3) uint8, a single-channel uint8/uint16 or a float32 (TIFF) array by ``suffix``."""
+    fmt = _ENCODE_FORMATS.get(suffix.lower())
+    if fmt is None:
+        raise InputError(f"cannot write {suffix} images; use one of {', '.join(_ENCODE_FORMATS)}")
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.float32 and array.ndim == 2 and fmt == "TIFF":
+        im = Image.fromarray(array)  # mode F
+    elif array.dtype == np.uint16 and array.ndim == 2 and fmt in ("PNG", "TIFF"):
+        im = Image.fromarray(array)  # mode I;16
+    elif array.dtype == np.bool_ and array.ndim == 2:
+        im = Image.fromarray(array.astype(np.uint8) * 255)
+    elif array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        im = Image.fromarray(array)  # L or RGB
+    else:
+        raise InputError(f"cannot encode a {array.dtype} array of shape {array.shape} as {suffix}")
+    options = {"PNG": {"compress_level": 1}, "JPEG": {"quality": 95}, "TIFF": {"compression": "tiff_deflate"}}
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **options.get(fmt, {}))
+    return buf.getvalue()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
@@ -178,6 +212,10 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file 0600; an output is a normal file: 0666 less the umask, like open() would make
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

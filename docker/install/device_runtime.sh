@@ -91,7 +91,7 @@ import sys
 import tvm
 import tvm.rpc
 from tvm.runtime.vm import VirtualMachine  # relax.VirtualMachine is this class
-import numpy, cv2, psutil, tqdm  # noqa: F401
+import numpy, PIL, psutil, tqdm  # noqa: F401
 import edge
 # QEMU 7.2 user mode (docker buildx on an x86 host) shows the host's x86 /proc/cpuinfo, on which ONNX Runtime's
 # cpuinfo library crashes at import; a board, and the emulated userland (it binds an A72 text), show an ARM one.
@@ -105,7 +105,7 @@ else:
 slim = sys.argv[1] == "1"
 if slim and not tvm.base._RUNTIME_ONLY:
     sys.exit("TVM still loads its compiler library after slimming")
-for banned in ("torch", "onnx"):
+for banned in ("torch", "onnx", "cv2"):
     try:
         __import__(banned)
     except ImportError:

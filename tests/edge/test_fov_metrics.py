@@ -73,3 +73,43 @@ def test_metric_edge_cases():
     assert (Confusion(1, 2, 3, 4) + Confusion(1, 1, 1, 1)) == Confusion(2, 3, 4, 5)
     with pytest.raises(InputError, match="ground truth is 2x2 but the image is 3x3"):
         confusion(empty, empty[:2, :2])
+
+
+# The device runtime's FOV has no OpenCV; the host (dev install) has it, so each numpy piece is checked against
+# the OpenCV operation it replaces, exactly.
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fov_pieces_equal_opencv(seed):
+    from edge.fov import erode_ellipse, largest_region_filled, median5_above, otsu_threshold
+
+    rng = np.random.default_rng(seed)
+    red = cv2.GaussianBlur(rng.integers(0, 60, (157, 211), dtype=np.uint8), (0, 0), 2 + seed)
+    red = cv2.normalize(red, None, 0, 255, cv2.NORM_MINMAX)
+    otsu, _ = cv2.threshold(red, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    assert otsu_threshold(red) == int(otsu)
+    for t in (8, 30, int(otsu)):
+        np.testing.assert_array_equal(median5_above(red, t), cv2.medianBlur(red, 5) > t)
+    binary = (red > otsu).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    ref = np.zeros_like(binary)
+    cv2.drawContours(ref, [max(contours, key=cv2.contourArea)], -1, 1, thickness=cv2.FILLED)
+    got = largest_region_filled(binary.astype(bool))
+    # drawContours fills the polygon through the contour's pixel centres; the largest region by area is the
+    # same one. Both fill holes: they may differ only where the polygon cuts diagonal one-pixel necks.
+    assert (got != ref.astype(bool)).mean() < 0.002
+    for r in (1, 3, 7):
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        np.testing.assert_array_equal(erode_ellipse(got, r),
+                                      cv2.erode(got.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE)
+                                      .astype(bool))
+
+
+def test_fov_of_a_real_fundus_equals_the_opencv_recipe(retina_rgb):
+    red = cv2.medianBlur(np.ascontiguousarray(retina_rgb[..., 0]), 5)
+    binary = (red > 30).astype(np.uint8)  # Otsu (105) clipped to 30
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    ref = np.zeros_like(binary)
+    cv2.drawContours(ref, [max(contours, key=cv2.contourArea)], -1, 1, thickness=cv2.FILLED)
+    r = round(0.005 * min(red.shape))
+    ref = cv2.erode(ref, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)),
+                    borderType=cv2.BORDER_REPLICATE).astype(bool)
+    np.testing.assert_array_equal(estimate_fov(retina_rgb), ref)

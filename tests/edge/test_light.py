@@ -1,4 +1,4 @@
-"""The device runtime works without torch, onnx, onnxsim and the host-side packages (models, export,
+"""The device runtime works without torch, onnx, onnxsim, OpenCV and the host-side packages (models, export,
 benchmarks): they are blocked in a subprocess by a meta-path finder installed from sitecustomize."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edge_fixtures import synthetic_fundus
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE_RUN = Path(sys.executable).with_name("edge-run")
-BLOCKED = ("torch", "onnx", "onnxsim", "models", "export", "benchmarks")
+BLOCKED = ("torch", "onnx", "onnxsim", "cv2", "scipy", "models", "export", "benchmarks")
 
 SITECUSTOMIZE = textwrap.dedent(f"""
     import sys

@@ -1,0 +1,178 @@
+"""A hostile environment for edge-run: unwritable and full output folders, outputs that already exist, Ctrl-C
+in the middle of a batch, a second edge-run on the same output folder at the same time."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
+from edge_fixtures import build_package, synthetic_fundus  # noqa: E402
+
+from edge.cli import main  # noqa: E402
+from edge.imageio import write_image  # noqa: E402
+
+from hostile_harness import check_refusal, snapshot  # noqa: E402
+
+EDGE_RUN = Path(sys.executable).with_name("edge-run")
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory) -> Path:
+    return build_package(tmp_path_factory.mktemp("pkg") / "tiny")
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    p = tmp_path / "f.png"
+    write_image(p, synthetic_fundus(120, 150, 0))
+    return p
+
+
+def test_unwritable_output_folder(pkg, photo, tmp_path, expect_refusal):
+    target = Path("/proc/self/out") if os.geteuid() == 0 else tmp_path / "ro" / "out"
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o500)
+    expect_refusal(main, [photo, "--package", pkg, "-o", target], watch=[tmp_path],
+                   match=r"cannot write into output folder .*choose a writable folder with -o", rc=4)
+
+
+def test_output_folder_that_is_a_file(pkg, photo, tmp_path, expect_refusal):
+    f = tmp_path / "out"
+    f.write_text("a file where the folder should be")
+    expect_refusal(main, [photo, "--package", pkg, "-o", f], watch=[tmp_path], match=r"output folder", rc=4)
+
+
+def test_json_summary_into_a_missing_folder(pkg, photo, tmp_path, expect_refusal):
+    expect_refusal(main, [photo, "--package", pkg, "-o", tmp_path / "out", "--json", "/proc/self/x/run.json"],
+                   watch=[tmp_path], match=r"cannot write into output folder /proc/\S+/x .*choose a writable folder")
+
+
+def test_a_full_disk_leaves_no_partial_output(pkg, photo, tmp_path, monkeypatch, expect_refusal):
+    """ENOSPC at the third output of an image: none of its outputs stay, the summary says which failed."""
+    import edge.imageio as eio
+
+    real = os.replace
+    calls = {"n": 0}
+
+    def full(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(eio.os, "replace", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = expect_refusal(main, [photo, "--package", pkg, "-o", out, "--overlay"], watch=[out],
+                       match=r"No space left on device.*free some space", rc=4)
+    assert "f.png" in r.line
+
+
+def test_a_real_full_filesystem(pkg, photo, tmp_path, expect_refusal):
+    """A 96 KiB tmpfs: the first image fits, the second does not; the second leaves nothing behind."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        big = tmp_path / "big.png"
+        write_image(big, synthetic_fundus(400, 400, 1))
+        assert main([str(photo), "--package", str(pkg), "-o", str(mnt)]) == 0
+        expect_refusal(main, [big, "--package", pkg, "-o", mnt, "--float", "--overlay"], watch=[mnt],
+                       match=r"No space left on device", rc=4)
+        assert not [p for p in mnt.iterdir() if p.name.startswith(".")]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_existing_outputs_are_not_replaced_without_overwrite(pkg, photo, tmp_path, expect_refusal, capsys):
+    out = tmp_path / "out"
+    assert main([str(photo), "--package", str(pkg), "-o", str(out)]) == 0
+    (out / "f_mask.png").write_bytes(b"the radiologist's corrected mask")
+    expect_refusal(main, [photo, "--package", pkg, "-o", out], watch=[out],
+                   match=r"f_(prob|mask)\.png and 1 more already exist; pass --overwrite", rc=4)
+    assert (out / "f_mask.png").read_bytes() == b"the radiologist's corrected mask"
+    (tmp_path / "run.json").write_text("{}")
+    expect_refusal(main, [photo, "--package", pkg, "-o", tmp_path / "o2", "--json", tmp_path / "run.json"],
+                   watch=[tmp_path], match=r"run\.json already exist")
+    capsys.readouterr()
+    assert main([str(photo), "--package", str(pkg), "-o", str(out), "--overwrite"]) == 0
+    assert (out / "f_mask.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_edge_run_on_the_same_folder_is_refused(pkg, photo, tmp_path, expect_refusal):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(  # another edge-run holding the folder's lock
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from edge.cli import OutputLock\n"
+         "with OutputLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        expect_refusal(main, [photo, "--package", pkg, "-o", out], watch=[out],
+                       match=r"another edge-run is writing into .*wait for it to finish or choose another", rc=4)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([str(photo), "--package", str(pkg), "-o", str(out)]) == 0  # a dead holder frees the folder
+
+
+@pytest.mark.slow
+def test_two_real_edge_runs_at_once(pkg, tmp_path):
+    """Started together on one folder: exactly one runs, the other is refused, the outputs are complete."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(12):
+        write_image(d / f"img{i:02d}.png", synthetic_fundus(260, 300, i))
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [str(EDGE_RUN), str(d), "--package", str(pkg), "-o", str(out), "--backend", "onnxruntime"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes == [0, 4], results
+    refused = next(err for rc, _, err in results if rc == 4)
+    assert "another edge-run is writing into" in refused and "Traceback" not in refused
+    assert len(list(out.glob("*_mask.png"))) == 12 and not list(out.glob(".*"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_middle_of_a_batch(pkg, tmp_path):
+    """SIGINT while a batch runs: exit 130, one line, and each image's outputs are all there or none."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(40):
+        write_image(d / f"img{i:02d}.png", synthetic_fundus(300, 340, i))
+    out = tmp_path / "out"
+    before = snapshot([d])
+    proc = subprocess.Popen([str(EDGE_RUN), str(d), "--package", str(pkg), "-o", str(out), "--float", "--overlay",
+                             "--backend", "onnxruntime", "--json", str(tmp_path / "run.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "img02_mask.png").exists():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    stems = {p.name.rsplit("_", 1)[0] for p in out.iterdir()}
+    names = sorted(p.name for p in out.iterdir())
+    assert 0 < len(stems) < 40, names
+    for stem in stems:  # all four outputs of every image that has any
+        assert sorted(n for n in names if n.startswith(stem + "_")) == sorted(
+            f"{stem}_{k}" for k in ("mask.png", "overlay.png", "prob.png", "prob.tif")), names
+    assert not [n for n in names if n.startswith(".")], names  # no temporary file left
+    assert not (tmp_path / "run.json").exists()  # the summary of an unfinished batch is not written
+    check_refusal(130, stdout, stderr, before, snapshot([d]), match=r"interrupted; outputs in progress were not kept")
