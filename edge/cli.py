@@ -411,6 +411,13 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
     return summary, first_code
 
 
+def keep_torch_out() -> None:
+    """tvm_ffi imports torch at ``import tvm`` whenever it is installed (a host with the export toolchain): 250 MB
+    of RSS and ~1.5 s of start-up that edge-run never uses (a board has no torch). The console script marks it
+    unimportable for its own process; library callers (edge-bench, tests) are left alone."""
+    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -422,5 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(body, args.verbose)
 
 
+def console_main() -> int:
+    """The ``edge-run`` entry point: :func:`main` in a process of its own, without torch."""
+    keep_torch_out()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
