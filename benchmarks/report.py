@@ -132,6 +132,20 @@ def gmac_per_s(run: dict, c: dict) -> float | None:
     return macs / 1e9 / (p50 / 1e3)
 
 
+def full_image_overhead(run: dict, c: dict) -> float | None:
+    """A full image's p50 over its MAC-proportional time: the p50 of one tile of the same shape, model and
+    backend in the same run x image pixels / tile pixels. 1.0 is every pixel computed once at the tile's speed;
+    the overlaps, the padding and the blending make it larger. None for tiles, or without that tile case."""
+    if c["kind"] != "image" or c["status"] != "ok":
+        return None
+    tile = next((t for t in run["cases"] if t["kind"] == "tile" and t["status"] == "ok" and t["model"] == c["model"]
+                 and t["backend"] == c["backend"] and list(t["tile_hw"]) == list(c["tile_hw"])), None)
+    if tile is None:
+        return None
+    (th, tw), (ih, iw) = c["tile_hw"], c["image_hw"]
+    return c["latency"]["p50_ms"] / (tile["latency"]["p50_ms"] * ih * iw / (th * tw))
+
+
 def ratios(run: dict, numerator: str, denominator: str) -> list[dict]:
     """p50 ratios ``numerator / denominator`` for every input both ran on successfully."""
     by: dict[tuple, dict[str, dict]] = defaultdict(dict)
@@ -228,9 +242,14 @@ def parity_cell(c: dict) -> str:
     return f"{p['max_abs_diff_prob']:.1e}" + ("" if p.get("passed") else " (over 1e-4)")
 
 
+def _overhead_cell(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
 def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["run", "model", "input", "backend", "device", "threads", "load 1 min", "n", "p50 ms", "p90 ms", "p99 ms",
-            "mean ± std ms", "min ms", "GMAC/s at p50", "max |Δp| vs ONNX Runtime", "peak RSS", "energy / inference"]
+            "mean ± std ms", "min ms", "GMAC/s at p50", "full-image overhead", "max |Δp| vs ONNX Runtime", "peak RSS",
+            "energy / inference"]
     rows = []
     for r in doc["runs"]:
         for c in r["cases"]:
@@ -238,12 +257,12 @@ def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
             base = [r["label"], c["model"], case_label(c), c["backend_label"], c.get("device") or "–",
                     str(c.get("threads") or "–"), _f(max(load), 1) if load else "–"]
             if c["status"] != "ok":
-                rows.append(base + [c["status"]] + [""] * 9)
+                rows.append(base + [c["status"]] + [""] * 10)
                 continue
             lat, mem = c["latency"], c.get("memory") or {}
             rows.append(base + [str(lat["n_samples"]), _f(lat["p50_ms"], 1), _f(lat["p90_ms"], 1), _f(lat["p99_ms"], 1),
                                 f"{_f(lat['mean_ms'], 1)} ± {_f(lat['std_ms'], 1)}", _f(lat["min_ms"], 1),
-                                _f(gmac_per_s(r, c), 2), parity_cell(c),
+                                _f(gmac_per_s(r, c), 2), _overhead_cell(full_image_overhead(r, c)), parity_cell(c),
                                 _f(mem.get("peak_rss_mib"), 0, " MiB") if mem.get("peak_rss_mib") else "–",
                                 _energy_cell(c.get("energy"))])
     return head, rows
@@ -544,6 +563,7 @@ def html_page(doc: dict, plots: dict[str, bytes]) -> str:
 CASE_COLUMNS = ["run_id", "label", "model", "backend", "device", "kind", "image", "image_h", "image_w", "tile_h",
                 "tile_w", "tiles", "threads", "cores", "interleaved", "status", "n_samples", "warmup_runs", "min_ms",
                 "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "macs", "gmac_per_s",
+                "full_image_overhead",
                 "max_abs_diff_prob_vs_onnxruntime", "peak_rss_mib", "rss_after_load_mib", "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source",
                 "energy_status", "energy_per_image_j", "net_energy_per_image_j", "mean_power_w"]
 COMPLEXITY_COLUMNS = ["run_id", "model", "input_shape", "params", "params_source", "macs", "gmacs", "other_gops",
@@ -571,6 +591,7 @@ def cases_csv(doc: dict) -> str:
                          "tile_w": c["tile_hw"][1], "tiles": c["tiles"], "threads": c.get("threads"),
                          "cores": " ".join(map(str, c.get("cores") or [])), "interleaved": c.get("interleaved"),
                          "status": c["status"], **lat, "macs": case_macs(r, c), "gmac_per_s": gmac_per_s(r, c),
+                         "full_image_overhead": full_image_overhead(r, c),
                          "max_abs_diff_prob_vs_onnxruntime": ((c.get("info") or {}).get("parity") or {}).get(
                              "max_abs_diff_prob"),
                          **{k: mem.get(k) for k in CASE_COLUMNS if k in mem},

@@ -373,6 +373,13 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
         if result.confusion is not None:
             rep.metrics = result.confusion.to_dict()
             pooled = result.confusion if pooled is None else pooled + result.confusion
+        cost = result.tiles * pkg.tile[0] * pkg.tile[1] / (shape[0] * shape[1])
+        planned = pkg.meta.get("tiling", {}).get("planned_for")
+        if planned and cost > 2 * float(planned.get("cost_factor", 1.0)):
+            th, tw = pkg.tile
+            tqdm.write(f"notice: {path}: this package's {th}x{tw} tile was planned for {planned['image'][0]}x"
+                       f"{planned['image'][1]} images; this {shape[0]}x{shape[1]} one cost {cost:.1f}x its pixels; "
+                       f"export a package with --image-size {shape[0]}x{shape[1]} for such images", file=sys.stderr)
         if result.fov_source == "estimated" and result.fov_fraction < 0.1:
             tqdm.write(f"warning: {path}: the estimated field of view covers only {result.fov_fraction:.0%} of "
                        "the image; check the photo or pass --mask", file=sys.stderr)

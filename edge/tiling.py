@@ -19,6 +19,7 @@ Conventions the runtime relies on:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -163,3 +164,61 @@ def count_tiles(height: int, width: int, tile: tuple[int, int], overlap: int, di
     th, tw = tile
     return (len(tile_starts(padded_size(height, th, divisor), th, overlap, divisor))
             * len(tile_starts(padded_size(width, tw, divisor), tw, overlap, divisor)))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The compiled tile shape that segments an image of ``image`` (H, W) for the fewest computed pixels."""
+
+    tile: tuple[int, int]
+    image: tuple[int, int]
+    overlap: int
+    tiles: int
+    computed_pixels: int
+
+    @property
+    def cost_factor(self) -> float:
+        """Computed pixels / image pixels: 1.0 is one whole-image pass, the floor of any tiling."""
+        return self.computed_pixels / (self.image[0] * self.image[1])
+
+
+def _axis_costs(size: int, overlap: int, divisor: int) -> dict[int, int]:
+    """tile side -> pixels computed along one axis (tiles x side), for every side on the divisor grid."""
+    costs = {}
+    top = _ceil_to(size, divisor)
+    first = _ceil_to(overlap + 1, divisor)
+    for t in range(first, top + 1, divisor):
+        n = len(tile_starts(padded_size(size, t, divisor), t, overlap, divisor))
+        costs[t] = n * t
+    return costs
+
+
+def plan_tile(image: tuple[int, int], overlap: int, divisor: int, max_tile_pixels: int) -> TilePlan:
+    """The tile (th, tw) on the ``divisor`` grid with th * tw <= ``max_tile_pixels`` that covers ``image`` with
+    :func:`sliding_window_inference`'s layout and ``overlap`` for the fewest computed pixels (then the fewest
+    tiles). The tile count is the runtime's own (:func:`tile_starts`), so the plan is what ``edge-run`` does.
+
+    Computed pixels are what an image costs (M2U-Net's MACs are proportional to them); the overlap is the
+    context a tile border needs, so larger tiles waste less of each tile on it. ``max_tile_pixels`` bounds
+    the memory of one inference (activations grow with the tile).
+    """
+    h, w = (int(v) for v in image)
+    if h < 1 or w < 1:
+        raise InputError(f"image size {h}x{w} has an empty side")
+    ch, cw = _axis_costs(h, overlap, divisor), _axis_costs(w, overlap, divisor)
+    best: tuple[int, int, int, int] | None = None  # (pixels, tiles, area, th) + tw below
+    best_tw = 0
+    for th, cost_h in ch.items():
+        for tw, cost_w in cw.items():
+            if th * tw > max_tile_pixels:
+                break  # tw grows: every later one is larger too
+            tiles = (cost_h // th) * (cost_w // tw)
+            key = (cost_h * cost_w, tiles, th * tw, th)
+            if best is None or key < best:
+                best, best_tw = key, tw
+    if best is None:
+        side = _ceil_to(overlap + 1, divisor)
+        raise InputError(f"no tile of at most {max_tile_pixels / 1e6:.2f} Mpx fits an overlap of {overlap} px (the "
+                         f"smallest is {side}x{side}); raise the tile budget")
+    pixels, tiles, _, th = best
+    return TilePlan((th, best_tw), (h, w), overlap, tiles, pixels)

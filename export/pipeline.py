@@ -48,17 +48,17 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``'544'`` or ``'544x960'`` (HxW)."""
+def parse_size(text: str, option: str = "--input-size") -> tuple[int, int]:
+    """``'544'`` or ``'544x960'`` (HxW); ``option`` names the flag in the error."""
     parts = text.lower().replace(",", "x").split("x")
     try:
         dims = [int(p) for p in parts]
     except ValueError:
-        raise EdgeError(f"--input-size must look like 544 or 544x960 (HxW), got '{text}'") from None
+        raise EdgeError(f"{option} must look like 544 or 544x960 (HxW), got '{text}'") from None
     if len(dims) == 1:
         dims = dims * 2
     if len(dims) != 2 or min(dims) <= 0:
-        raise EdgeError(f"--input-size must look like 544 or 544x960 (HxW), got '{text}'")
+        raise EdgeError(f"{option} must look like 544 or 544x960 (HxW), got '{text}'")
     return dims[0], dims[1]
 
 
@@ -79,11 +79,12 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                  input_size: tuple[int, int] | None = None, out: str | Path | None = None,
                  cuda_arch: str | None = None, tuning_db: str | Path | None = None, tune_trials: int = 0,
                  force: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
-                 log=tvm_stage.progress) -> ExportResult:
+                 tile_plan: dict | None = None, log=tvm_stage.progress) -> ExportResult:
     """Run every stage, verify each against the previous one, and write the package atomically.
 
     ``model`` is a registered name or a path to an ``.onnx`` file. Raises :class:`EdgeError` on any failure;
-    nothing is written then.
+    nothing is written then. ``tile_plan``: the camera image size the tile was planned for (``edge-export
+    --image-size``), recorded under ``tiling.planned_for``.
     """
     preset = get_target(target)
     preset.check_toolchain()
@@ -226,7 +227,8 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
             "preprocess": {"channel_order": "RGB", "scale": 1.0 / 255.0, "mean": meta_model["mean"],
                            "std": meta_model["std"]},
             "postprocess": {"threshold": meta_model["threshold"]},
-            "tiling": {"tile": list(shape[2:]), "overlap": meta_model["overlap"], "blend": "gaussian"},
+            "tiling": {"tile": list(shape[2:]), "overlap": meta_model["overlap"], "blend": "gaussian",
+                       **({"planned_for": tile_plan} if tile_plan else {})},
             "target": {"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
                        "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
                        "tuning_key": tuning_key(preset)},

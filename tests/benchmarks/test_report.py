@@ -152,3 +152,23 @@ def test_gmac_per_s_is_the_work_of_a_sample_over_its_p50(run_factory, tmp_path):
     assert "| GMAC/s at p50 |" in paths["report.md"].read_text() and "GMAC/s at p50" in paths["report.html"].read_text()
     summary = format_summary(doc, paths)
     assert summary.count("GMAC/s") == 4 and "28.38 GMAC/s" in summary
+
+
+def test_full_image_overhead_against_the_same_runs_tile(tmp_path, run_factory):
+    """The HRF image of the factory takes 40 tiles' time: 40 x 544^2 / (2336 x 3504) = 1.45x its pixels' cost,
+    in the table, the CSV and the summary; a tile has none, and an image without its tile case has none."""
+    from benchmarks.report import full_image_overhead
+
+    run = run_factory("host", {"onnxruntime": 100.0, "tvm": 50.0})
+    expected = 40 * 544 * 544 / (2336 * 3504)
+    image = next(c for c in run["cases"] if c["kind"] == "image" and c["backend"] == "tvm")
+    assert full_image_overhead(run, image) == pytest.approx(expected)
+    assert full_image_overhead(run, next(c for c in run["cases"] if c["kind"] == "tile")) is None
+    no_tile = {**run, "cases": [c for c in run["cases"] if not (c["kind"] == "tile" and c["backend"] == "tvm")]}
+    assert full_image_overhead(no_tile, image) is None
+    paths = write_report(document([run]), tmp_path / "out")
+    rows = list(csv.DictReader(io.StringIO(paths["results.csv"].read_text())))
+    img_rows = [r for r in rows if r["kind"] == "image"]
+    assert img_rows and all(float(r["full_image_overhead"]) == pytest.approx(expected) for r in img_rows)
+    assert all(r["full_image_overhead"] == "" for r in rows if r["kind"] == "tile")
+    assert "full-image overhead" in paths["report.md"].read_text() and "| 1.45x |" in paths["report.md"].read_text()

@@ -94,6 +94,12 @@ def test_existing_package_is_not_replaced_without_force(x86_package, tmp_path):
     (["m2unet", "--input-size", "500"], "pad to 512x512 (the nearest valid size) or crop to 496x496"),
     (["m2unet", "--input-size", "abc"], "--input-size must look like 544"),
     (["nothere.onnx"], "ONNX file not found"),
+    (["m2unet", "--image-size", "2336by3504"], "--image-size must look like 544 or 544x960"),
+    (["m2unet", "--image-size", "2336x3504", "--input-size", "544"], "--input-size and --image-size both set"),
+    (["m2unet", "--image-size", "2336x3504", "--max-tile-mpx", "0.01"], "no tile of at most 0.01 Mpx fits an "
+                                                                        "overlap of 224 px"),
+    (["m2unet", "--image-size", "2336x3504", "--max-tile-mpx", "-1"], "--max-tile-mpx -1.0 must be above 0"),
+    (["some.onnx", "--image-size", "2336x3504"], "--image-size needs a registered model"),
 ])
 def test_bad_input_is_one_line_with_nonzero_exit(argv, message, capsys, tmp_path):
     rc = main(argv + ["--out", str(tmp_path / "p")])
@@ -163,3 +169,38 @@ def test_every_zoo_model_exports(name, target, tmp_path):
     meta = json.loads((r.package / "meta.json").read_text())
     assert all(p["passed"] for p in meta["parity"])
     assert elf_machine(r.package / "model.so") == (EM_AARCH64 if target == "arm64" else EM_X86_64)
+
+
+def test_image_size_plans_the_tile_for_a_camera():
+    """--image-size for HRF photographs compiles the tile edge-run will cut 4 of (1.17x the image's pixels)."""
+    from export.cli import plan_for_image
+
+    tile, plan = plan_for_image("m2unet", "2336x3504", 2.5)
+    assert tile == (1280, 1872)
+    assert plan == {"image": [2336, 3504], "tiles": 4, "cost_factor": 1.171, "max_tile_pixels": 2_500_000,
+                    "overlap": get_spec("m2unet").overlap}
+
+
+@pytest.mark.slow
+def test_image_size_export_records_the_plan_and_edge_run_uses_it(tmp_path, capsys):
+    """A real export with --image-size: the package's tile is the planned one, meta.json records the plan, and
+    edge-run on an image of that size cuts exactly the planned tiles; on a much smaller image it says so."""
+    from edge.cli import main as edge_run
+    from edge.imageio import write_image
+
+    out = tmp_path / "pkg"
+    assert main(["erfnet", "--image-size", "100x180", "--max-tile-mpx", "0.012", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    meta = json.loads((out / "meta.json").read_text())
+    planned = meta["tiling"]["planned_for"]
+    assert planned["image"] == [100, 180] and f"for 100x180 images: {planned['tiles']} tiles" in err
+    assert meta["input"]["shape"][2] * meta["input"]["shape"][3] <= 12_000
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "cam.png", rng.integers(0, 255, (100, 180, 3), dtype=np.uint8))
+    write_image(tmp_path / "tiny.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    assert edge_run([str(tmp_path / "cam.png"), "--package", str(out), "-o", str(tmp_path / "o1"),
+                     "--json", str(tmp_path / "run.json")]) == 0
+    assert json.loads((tmp_path / "run.json").read_text())["images"][0]["tiles"] == planned["tiles"]
+    capsys.readouterr()
+    assert edge_run([str(tmp_path / "tiny.png"), "--package", str(out), "-o", str(tmp_path / "o2")]) == 0
+    assert "was planned for 100x180 images" in capsys.readouterr().err
