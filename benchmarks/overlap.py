@@ -154,20 +154,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=str(HRF_WEIGHTS), help="M2U-Net checkpoint (default: the HRF one)")
     p.add_argument("--image", default=None, help="fundus photo (default: scikit-image's retina, resized)")
     p.add_argument("--size", default="2336x3504", help="HxW the image is resized to (default: HRF's 2336x3504)")
-    p.add_argument("--tile", type=int, default=544)
+    p.add_argument("--tile", default="544", help="tile S or HxW (default: 544), e.g. edge-export --image-size's plan")
     p.add_argument("--overlaps", default="0,16,32,64,96,128")
     p.add_argument("--blends", default="gaussian,linear,constant")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the rows as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     a = p.parse_args(argv)
+    from edge.errors import run_cli
+
+    return run_cli(lambda: _run(a), a.verbose)
+
+
+def _run(a: argparse.Namespace) -> int:
+    from edge.errors import InputError
+    from export.pipeline import parse_size
+
     if not Path(a.weights).is_file():
-        print(f"error: no checkpoint at {a.weights}; pass --weights", flush=True)
-        return 2
-    size = tuple(int(v) for v in a.size.lower().split("x"))
-    image = fundus_image(size, a.image)  # type: ignore[arg-type]
+        raise InputError(f"no checkpoint at {a.weights}; pass --weights")
+
+    size = parse_size(a.size, "--size")
+    tile = parse_size(a.tile, "--tile")
+    image = fundus_image(size, a.image)
     rows, whole_s = measure(a.weights, image, [int(v) for v in a.overlaps.split(",")], a.blends.split(","),
-                            (a.tile, a.tile), a.threads)
-    print(f"m2unet {Path(a.weights).name}, image {size[0]}x{size[1]}, tiles {a.tile}x{a.tile}, "
+                            tile, a.threads)
+    print(f"m2unet {Path(a.weights).name}, image {size[0]}x{size[1]}, tiles {tile[0]}x{tile[1]}, "
           f"whole-image PyTorch pass {whole_s:.1f} s")
     print(format_table(rows))
     if a.json:

@@ -42,14 +42,14 @@ class Preprocess:
         return cls(order, float(p["scale"]), tuple(map(float, p["mean"])), tuple(map(float, p["std"])))
 
     def __call__(self, tile_nchw: np.ndarray) -> np.ndarray:
-        x = tile_nchw.astype(np.float32)
-        if self.channel_order == "BGR":
-            x = x[:, ::-1]
-        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
-        x *= np.float32(self.scale)
-        x -= mean
-        x /= std
+        # (p * scale - mean) / std as one multiply-add per pixel: p * (scale / std) + (-mean / std)
+        mean = np.asarray(self.mean, np.float64).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float64).reshape(1, -1, 1, 1)
+        gain = (self.scale / std).astype(np.float32)
+        offset = (-mean / std).astype(np.float32)
+        src = tile_nchw[:, ::-1] if self.channel_order == "BGR" else tile_nchw
+        x = np.multiply(src, gain, dtype=np.float32)
+        x += offset
         return x
 
 

@@ -18,6 +18,7 @@ Conventions the runtime relies on:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ def tile_starts(size: int, tile: int, overlap: int, divisor: int = 1) -> list[in
     return starts + [span]
 
 
+@functools.lru_cache(maxsize=8)
 def blend_weights(tile: tuple[int, int], overlap: int, mode: str = "gaussian") -> np.ndarray:
     """A (th, tw) float32 weight map, strictly positive everywhere (so no weight sum can be 0).
 
@@ -90,8 +92,25 @@ def blend_weights(tile: tuple[int, int], overlap: int, mode: str = "gaussian") -
     w2 /= w2.max()
     # Only underflowed zeros are lifted (as MONAI does): a larger floor would flatten the ratio of two tiles'
     # small edge weights, which is exactly where blending must prefer the tile that sees more context.
-    w2 = w2.astype(np.float32)
-    return np.maximum(w2, np.finfo(np.float32).tiny)
+    w2 = np.maximum(w2.astype(np.float32), np.finfo(np.float32).tiny)
+    w2.flags.writeable = False  # cached: shared by every call with these arguments
+    return w2
+
+
+@functools.lru_cache(maxsize=4)
+def _inverse_weight_sum(hp: int, wp: int, ys: tuple[int, ...], xs: tuple[int, ...], tile: tuple[int, int],
+                        overlap: int, mode: str) -> np.ndarray:
+    """1 / (sum of the tiles' weights) over the padded image: it depends on the layout only, so a batch of
+    same-sized photographs computes it once."""
+    th, tw = tile
+    weights = blend_weights(tile, overlap, mode)
+    wsum = np.zeros((hp, wp), dtype=np.float32)
+    for y in ys:
+        for x in xs:
+            wsum[y:y + th, x:x + tw] += weights
+    inv = np.reciprocal(wsum)
+    inv.flags.writeable = False
+    return inv
 
 
 def _pad(image: np.ndarray, ph: int, pw: int) -> np.ndarray:
@@ -138,11 +157,11 @@ def sliding_window_inference(
         raise InputError(f"image has an empty side ({h}x{w})")
     hp, wp = padded_size(h, th, divisor), padded_size(w, tw, divisor)
     ys, xs = tile_starts(hp, th, overlap, divisor), tile_starts(wp, tw, overlap, divisor)
-    weights = blend_weights((th, tw), overlap, blend)
+    weights = blend_weights((th, tw), overlap, look_up_option(blend, BLENDS, "blend mode"))
     padded = _pad(image_chw, hp - h, wp - w)
 
     acc: np.ndarray | None = None
-    wsum = np.zeros((hp, wp), dtype=np.float32)
+    buf: np.ndarray | None = None
     for y in ys:
         for x in xs:
             out = np.asarray(predictor(padded[None, :, y:y + th, x:x + tw]))
@@ -151,12 +170,12 @@ def sliding_window_inference(
                                  f"expected (1, K, {th}, {tw})")
             if acc is None:
                 acc = np.zeros((out.shape[1], hp, wp), dtype=np.float32)
-            acc[:, y:y + th, x:x + tw] += out[0] * weights
-            wsum[y:y + th, x:x + tw] += weights
+                buf = np.empty((out.shape[1], th, tw), dtype=np.float32)
+            np.multiply(out[0], weights, out=buf)
+            acc[:, y:y + th, x:x + tw] += buf
     assert acc is not None  # at least one tile always exists
-    acc = acc[:, :h, :w]
-    acc /= wsum[None, :h, :w]
-    return np.ascontiguousarray(acc)
+    inv = _inverse_weight_sum(hp, wp, tuple(ys), tuple(xs), (th, tw), overlap, blend)
+    return np.multiply(acc[:, :h, :w], inv[None, :h, :w])  # a new, contiguous (K, H, W) array
 
 
 def count_tiles(height: int, width: int, tile: tuple[int, int], overlap: int, divisor: int = 1) -> int:
