@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-key", default=None, metavar="KEY", help="the board's RPC device key")
     p.add_argument("--rpc-target", default=None, metavar="TARGET",
                    help="edge-export target of the board (default: arm64)")
+    p.add_argument("--rpc-timeout", type=float, default=None, metavar="S",
+                   help="seconds the tracker may take to answer and hand out the board's server before the run is "
+                        "refused (default: 60)")
     p.add_argument("--a72-proxy", action="store_true", default=None,
                    help="also count one inference of ONNX Runtime and TVM on an emulated Cortex-A72 (the arm64proxy "
                         "instrument, root, minutes per size): instructions, llvm-mca cycles and their ratios, "
@@ -102,7 +105,8 @@ def plan_from_args(args: argparse.Namespace):
            "warmup": args.warmup, "threads": args.threads, "cores": args.cores, "meter": args.meter,
            "idle_seconds": args.idle_seconds, "interleave": args.interleave, "gpu_baselines": args.gpu_baselines,
            "outdir": args.out, "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key,
-           "rpc_target": args.rpc_target, "label": args.label, "a72_proxy": args.a72_proxy,
+           "rpc_target": args.rpc_target, "rpc_timeout": args.rpc_timeout, "label": args.label,
+           "a72_proxy": args.a72_proxy,
            "a72_cache": args.a72_cache, "a72_work": args.a72_work}
     data.update({k: v for k, v in cli.items() if v is not None})
     if args.dice:
@@ -121,7 +125,8 @@ def plan_from_args(args: argparse.Namespace):
             data[key] = [] if data[key].strip().lower() == "none" else data[key].split(",")
     if isinstance(data.get("cores"), (str, int)):
         data["cores"] = parse_cores(str(data["cores"]))
-    for key, kind in (("runs", int), ("warmup", int), ("threads", int), ("seconds", float), ("idle_seconds", float)):
+    for key, kind in (("runs", int), ("warmup", int), ("threads", int), ("seconds", float), ("idle_seconds", float),
+                      ("rpc_timeout", float)):
         if data.get(key) is not None:
             try:
                 data[key] = kind(data[key])
@@ -146,7 +151,7 @@ def parse_dice(items: list[str]) -> dict[str, float]:
 
 
 def format_summary(doc: dict, paths: dict[str, Path]) -> str:
-    from benchmarks.report import a72_lines, case_label, gmac_per_s, parity_cell, ratio_rows
+    from benchmarks.report import a72_lines, case_label, full_image_overhead, gmac_per_s, parity_cell, ratio_rows
 
     lines = []
     for r in doc["runs"]:
@@ -158,10 +163,11 @@ def format_summary(doc: dict, paths: dict[str, Path]) -> str:
         lines.append("")
         for c in r["cases"]:
             if c["status"] == "ok":
-                lat, g = c["latency"], gmac_per_s(r, c)
+                lat, g, over = c["latency"], gmac_per_s(r, c), full_image_overhead(r, c)
                 lines.append(f"{c['model']:<10} {case_label(c):<38} {c['backend_label']:<18} "
                              f"p50 {lat['p50_ms']:>9.1f} ms  p90 {lat['p90_ms']:>9.1f} ms  n={lat['n_samples']:<4}"
                              + ("" if g is None else f"  {g:>7.2f} GMAC/s")
+                             + ("" if over is None else f"  {over:.2f}x its pixels' cost")
                              + ("" if parity_cell(c) == "–" else f"  max|dp| vs ORT {parity_cell(c)}"))
             else:
                 lines.append(f"{c['model']:<10} {case_label(c):<38} {c['backend_label']:<18} {c['status']}")

@@ -14,29 +14,24 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import socket
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from edge.errors import EdgeError
 from edge.package import host_arch, load_package
+from export.rpc import DEFAULT_TRACKER, check_tracker, connect_tracker, parse_tracker, within  # noqa: F401
 
-DEFAULT_TRACKER = "127.0.0.1:9190"
 DEFAULT_KEY = "rk3399"
 EMULATION_MARKER = "/etc/vessel-edge-emulated"  # written into the emulated userland by docker/arm64-userland.sh
 
 # ARM "CPU part" numbers of /proc/cpuinfo (implementer 0x41) for the cores these boards carry
 _ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
               "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76"}
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,96 +72,34 @@ class RemoteResult:
         return asdict(self)
 
 
-def parse_tracker(text: str) -> tuple[str, int]:
-    """``'HOST:PORT'`` -> (host, port)."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EdgeError(f"--rpc-tracker must look like HOST:PORT (e.g. {DEFAULT_TRACKER}), got '{text}'")
-    return host.strip("[]"), int(port)
-
-
-def _within(fn: Callable[[], T], timeout_s: float, what: str, on_timeout: Callable[[], None]) -> T:
-    """``fn()`` in a helper thread; after ``timeout_s`` call ``on_timeout`` (which closes the socket ``fn`` waits
-    on) and raise. TVM's tracker client blocks without a deadline; this gives every step one."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name=f"rpc: {what}", daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        on_timeout()
-        raise TimeoutError(what)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _servers(summary: dict) -> dict[str, list[str]]:
-    """host:port of the registered RPC servers per key, from the tracker's summary (``server:rk3399`` entries)."""
-    keys: dict[str, list[str]] = {}
-    for item in summary.get("server_info", []):
-        k = str(item.get("key", ""))
-        if k.startswith("server:"):
-            addr = item.get("addr") or ["?", "?"]
-            keys.setdefault(k.split(":", 1)[1], []).append(f"{addr[0]}:{addr[1]}")
-    return keys
-
-
-def request_session(tracker: str = DEFAULT_TRACKER, key: str = DEFAULT_KEY, timeout_s: float = 60.0):
+def request_session(tracker: str = DEFAULT_TRACKER, key: str = DEFAULT_KEY, timeout_s: float = 60.0,
+                    session_timeout_s: float | None = None):
     """A TVM RPC session on a free server registered under ``key``, and the addresses of the servers with that
     key; :class:`EdgeError` within ``timeout_s`` when the tracker does not answer, does not know the key, or hands
-    out no server. The server closes the session after ``timeout_s``."""
-    from tvm import rpc
-
+    out no server. The server closes the session after ``session_timeout_s`` (default ``timeout_s``)."""
     host, port = parse_tracker(tracker)
     where = f"the TVM RPC tracker at {host}:{port}"
-    start = (f"start one with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}` and register the "
-             f"board with `python3 -m tvm.exec.rpc_server --tracker {host}:{port} --key {key}`")
-    try:
-        socket.create_connection((host, port), timeout=min(timeout_s, 10.0)).close()
-    except OSError as exc:
-        raise EdgeError(f"{where} is unreachable ({exc.strerror or exc}); {start}") from exc
-    holder: dict[str, Any] = {}
-
-    def close() -> None:
-        if "tracker" in holder:
-            holder["tracker"].close()
-
-    def connect_and_summarize() -> dict:
-        holder["tracker"] = rpc.connect_tracker(host, port)
-        return holder["tracker"].summary()
-
     deadline = time.monotonic() + timeout_s
-    try:
-        summary = _within(connect_and_summarize, min(timeout_s, 10.0), "tracker summary", close)
-    except TimeoutError:
-        raise EdgeError(f"{where} accepts connections but does not answer as a tracker within "
-                        f"{min(timeout_s, 10.0):.0f} s (is that port an RPC tracker?)") from None
-    except (OSError, RuntimeError) as exc:
-        raise EdgeError(f"{where} did not answer as a tracker ({exc}); {start}") from exc
-    servers = _servers(summary)
-    if not servers.get(key):
-        known = ", ".join(f"{k} ({len(a)})" for k, a in sorted(servers.items())) or "none"
-        raise EdgeError(f"{where} has no RPC server registered with key '{key}'; keys it knows: {known}. "
-                        f"On the board: python3 -m tvm.exec.rpc_server --tracker {host}:{port} --key {key}")
+    client, servers, close = connect_tracker(tracker, key, timeout_s)
     left = max(1.0, deadline - time.monotonic())
+    session_s = timeout_s if session_timeout_s is None else session_timeout_s
     try:
-        session = _within(lambda: holder["tracker"].request(key, session_timeout=timeout_s, max_retry=1),
-                          left, "request", close)
-        return session, servers[key]
+        session = within(lambda: client.request(key, session_timeout=session_s, max_retry=1), left, "request",
+                         close)
+        return session, servers
     except TimeoutError:
-        raise EdgeError(f"{where} knows key '{key}' ({len(servers[key])} server(s)) but handed out none within "
-                        f"{timeout_s:.0f} s (all busy?)") from None
+        raise EdgeError(f"{where} knows key '{key}' ({len(servers)} server(s)) but handed out none within "
+                        f"{timeout_s:.0f} s (all busy, or the server died?); check the board's rpc_server, or "
+                        "wait longer with --rpc-timeout SECONDS") from None
     except (OSError, RuntimeError) as exc:
         raise EdgeError(f"{where} could not connect a session to a '{key}' server ({exc})") from exc
     finally:
         close()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def _remote_text(remote, path: str) -> tuple[str | None, str]:
@@ -258,11 +191,12 @@ def host_reference(onnx_path: Path, x: np.ndarray) -> tuple[np.ndarray | None, s
 
 def run_remote(package_dir: str | Path, tracker: str = DEFAULT_TRACKER, key: str = DEFAULT_KEY, runs: int = 10,
                warmup: int = 2, timeout_s: float = 300.0, seed: int = 0, reference: np.ndarray | None = None,
-               seconds: float | None = None) -> RemoteResult:
+               seconds: float | None = None, wait_s: float | None = None) -> RemoteResult:
     """Upload the package's library to a ``key`` server of ``tracker``, run it there and time ``runs`` calls on
     the remote (after ``warmup`` untimed ones, the first of which gives the output checked for parity), or fewer
     when ``seconds`` of sampling run out (at least one). ``reference`` (the output for the seeded input) defaults
-    to ONNX Runtime on this host. ``timeout_s`` bounds the tracker steps and the whole remote session."""
+    to ONNX Runtime on this host. ``timeout_s`` bounds the whole remote session, ``wait_s`` (default ``timeout_s``)
+    the tracker steps. A server that fails or goes away during the run is an :class:`EdgeError`."""
     if runs < 1 or warmup < 0:
         raise EdgeError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
     pkg = load_package(package_dir)
@@ -282,29 +216,36 @@ def run_remote(package_dir: str | Path, tracker: str = DEFAULT_TRACKER, key: str
     else:
         ref_label = "reference given by the caller"
 
-    remote, addresses = request_session(tracker, key, timeout_s)
+    remote, addresses = request_session(tracker, key, timeout_s if wait_s is None else wait_s,
+                                        session_timeout_s=timeout_s)
     # the tracker does not say which of several servers it picked; with one (the usual case) it is that one
     address = addresses[0] if len(addresses) == 1 else " or ".join(addresses)
     name = f"vessel_edge_{pkg.meta['files'][pkg.library.name]['sha256'][:12]}.so"
-    t0 = time.perf_counter()
-    remote.upload(str(pkg.library), target=name)
-    upload_s = time.perf_counter() - t0
     try:
-        rlib = remote.load_module(name)
-    except Exception as exc:  # a library for another architecture fails in the remote's dlopen
-        raise EdgeError(f"the '{key}' server could not load the package's {pkg.arch} library "
-                        f"({str(exc).splitlines()[0][:160]}); export the package for the board's "
-                        "architecture") from exc
-    dev = remote.cpu()
-    vm = VirtualMachine(rlib, dev)
-    xr = tvm.runtime.tensor(x, dev)
-    out = vm["main"](xr)
-    y = (out if hasattr(out, "numpy") else out[0]).numpy()
-    for _ in range(max(0, warmup - 1)):
-        vm["main"](xr)
-    vm.save_function("main", "vessel_edge_main", xr)  # timed call without per-call argument marshalling
-    samples = _sample(vm, dev, runs, seconds)
-    plat = probe_platform(remote, address, pkg.arch or "unknown")
+        t0 = time.perf_counter()
+        remote.upload(str(pkg.library), target=name)
+        upload_s = time.perf_counter() - t0
+        try:
+            rlib = remote.load_module(name)
+        except Exception as exc:  # a library for another architecture fails in the remote's dlopen
+            raise EdgeError(f"the '{key}' server could not load the package's {pkg.arch} library "
+                            f"({_first_line(exc)}); export the package for the board's architecture") from exc
+        dev = remote.cpu()
+        vm = VirtualMachine(rlib, dev)
+        xr = tvm.runtime.tensor(x, dev)
+        out = vm["main"](xr)
+        y = (out if hasattr(out, "numpy") else out[0]).numpy()
+        for _ in range(max(0, warmup - 1)):
+            vm["main"](xr)
+        vm.save_function("main", "vessel_edge_main", xr)  # timed call without per-call argument marshalling
+        samples = _sample(vm, dev, runs, seconds)
+        plat = probe_platform(remote, address, pkg.arch or "unknown")
+    except EdgeError:
+        raise
+    except Exception as exc:  # TVM's RPC layer raises its own error types when the connection breaks
+        raise EdgeError(f"the '{key}' server at {address} failed during the run ({type(exc).__name__}: "
+                        f"{_first_line(exc)}); check that the board and its rpc_server are still up, then run "
+                        "again") from exc
     if reference is not None and reference.shape != y.shape:
         raise EdgeError(f"the remote output has shape {y.shape}, the reference {reference.shape}")
     a = np.asarray(samples)
@@ -340,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=None, help="stop sampling after this long (at least 1 run)")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds for the tracker steps and the session")
+    ap.add_argument("--timeout", "--rpc-timeout", type=float, default=300.0,
+                    help="seconds for the tracker steps and the session")
     ap.add_argument("--json", metavar="PATH", help="write the result as JSON")
     args = ap.parse_args(argv)
     try:

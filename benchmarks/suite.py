@@ -65,6 +65,7 @@ class Plan:
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     rpc_target: str = "arm64"
+    rpc_timeout: float = 60.0  # seconds the tracker may take to answer and hand out a board's server
     dice: dict[str, float] = field(default_factory=dict)
     label: str | None = None
     a72_proxy: bool = False  # also count ORT and TVM on the emulated Cortex-A72 (benchmarks.a72_proxy; slow)
@@ -407,12 +408,53 @@ def exporter_fingerprint() -> str:
     return h.hexdigest()
 
 
+def is_package_path(item: str) -> bool:
+    """Whether a MODEL_OR_PACKAGE item names a package (or a path meant as one: a folder, an archive, a file that
+    is not .onnx), rather than a registered model name or an ONNX file."""
+    from edge.package import ARCHIVE_SUFFIXES
+
+    if item.lower().endswith(".onnx"):
+        return False
+    p = Path(item)
+    if (p / "meta.json").is_file():
+        return True
+    try:
+        from models import list_models
+
+        if item in list_models():
+            return False
+    except ImportError:
+        pass
+    return p.exists() or os.sep in item or item.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def check_packages(plan: Plan, backends: list[str]) -> None:
+    """Load every package the plan names (format, inventory, checksums); with tvm asked for in --backends, also
+    that its library runs here. Raises :class:`PackageError` before any export, run or output."""
+    from edge.backends import check_tvm
+    from edge.errors import PackageError
+    from edge.package import host_arch, load_package
+
+    for item in plan.models:
+        if not is_package_path(item):
+            continue
+        pkg = load_package(item)
+        if plan.backends is not None and "tvm" in backends:
+            try:
+                check_tvm(pkg)
+            except PackageError as exc:
+                board = " (time it on its board with --rpc-tracker HOST:PORT --rpc-key KEY)" \
+                    if pkg.arch != host_arch() else ""
+                raise PackageError(f"backend tvm was asked for, but {str(exc).split('; ')[0]}; leave tvm out of "
+                                   f"--backends{board}") from exc
+
+
 def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Artifact]:
     """Artifacts (one per tile size) for a registered model name, a package directory or an ONNX file."""
     from edge.package import load_package
 
     p = Path(item)
-    if (p / "meta.json").is_file():
+    if is_package_path(item):
         pkg = load_package(p)
         name = pkg.model_name
         try:
@@ -491,7 +533,8 @@ def _remote_case(art: Artifact, spec: CaseSpec, plan: Plan) -> dict:
     from benchmarks.remote import run_remote
 
     r = run_remote(art.remote_package, tracker=plan.rpc_tracker, key=plan.rpc_key, runs=plan.runs,
-                   warmup=plan.warmup, seconds=plan.seconds, timeout_s=max(300.0, 4 * plan.seconds))
+                   warmup=plan.warmup, seconds=plan.seconds, timeout_s=max(300.0, 4 * plan.seconds),
+                   wait_s=plan.rpc_timeout)
     rec = _record(asdict(art), spec, "ok", device=f"remote: {r.platform.cpu} ({r.timing})",
                   latency=LatencyStats.from_samples(list(r.samples_ms), r.warmup).to_json(),
                   memory=MemoryRecord(None, None, None, isolated=True, measured_in="remote",
@@ -540,12 +583,10 @@ def check_plan(plan: Plan) -> tuple[list[str], list[str]]:
         if not hasattr(remote, "run_remote"):
             raise EdgeError("benchmarks.remote has no run_remote(package, tracker=, key=, runs=, warmup=, "
                             "seconds=); update edge-bench or remote.py")
-        host, port = remote.parse_tracker(plan.rpc_tracker)
-        try:  # fail before the exports and local runs, not after them
-            socket.create_connection((host, port), timeout=5).close()
-        except OSError as exc:
-            raise EdgeError(f"the TVM RPC tracker at {host}:{port} is unreachable ({exc.strerror or exc}); start it "
-                            f"with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}`") from None
+        if not plan.rpc_timeout > 0:
+            raise EdgeError(f"--rpc-timeout must be a positive number of seconds, got {plan.rpc_timeout!r}")
+        # fail before the exports and local runs, not after them: the tracker answers and knows the board
+        remote.check_tracker(plan.rpc_tracker, plan.rpc_key, min(10.0, plan.rpc_timeout))
     return backends, optional
 
 
@@ -556,11 +597,14 @@ def run_plan(plan: Plan, verbose: bool = False) -> dict:
     backends, optional = check_plan(plan)
     images = [image_size(i) for i in plan.images]
     create_meter(plan.meter)  # an unknown meter name fails here, before any export
+    if plan.weights and not Path(plan.weights).is_file():
+        what = "is a folder, not a state dict file" if Path(plan.weights).is_dir() else "does not exist"
+        raise EdgeError(f"--weights {plan.weights} {what}; pass a .pth/.pt file saved with "
+                        "torch.save(model.state_dict(), path)")
+    check_packages(plan, backends)  # a package that cannot be used fails here, before any output folder
     outdir = Path(plan.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    if plan.weights and not Path(plan.weights).is_file():
-        raise EdgeError(f"--weights {plan.weights} does not exist")
     if plan.weights is None:
         notes.append("no --weights: models use shipped weights where the project has them, else random weights "
                      "(latency and memory do not depend on weight values)")
@@ -750,10 +794,7 @@ def _run_group_cases(art: Artifact, specs: list[CaseSpec], job: dict, plan: Plan
     if plan.rpc_tracker and specs[0].kind == "tile":
         rs = CaseSpec("tvm-rpc", "tile", art.tile_hw)
         log(f"{_describe(art, rs)} TVM on the '{plan.rpc_key}' board via {plan.rpc_tracker}")
-        try:
-            rec = _remote_case(art, rs, plan)
-        except EdgeError as exc:
-            rec = asdict(_record(asdict(art), rs, f"failed: {exc}"))
+        rec = _remote_case(art, rs, plan)  # a board that fails ends the run: no report without the asked-for case
         log(f"{_describe(art, rs)} {'tvm-rpc':<17} {_summary(rec)}")
         remote.append(rec)
     if runnable:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge.errors import EdgeError, PackageError, look_up_option
-from edge.package import Package, host_arch
+from edge.package import Package, elf_arch, host_arch
 
 CHOICES = ("auto", "tvm", "onnxruntime")
 
@@ -88,6 +88,10 @@ def check_tvm(pkg: Package) -> None:
                            f"install TVM {'.'.join(_major_minor(built))} or re-export the package with TVM {have}")
     if not pkg.library.is_file():
         raise PackageError(f"package {pkg.path} is missing its library {pkg.library.name}; re-export it")
+    real = elf_arch(pkg.library)
+    if real is not None and real != host_arch():  # meta.json says this machine, the file says otherwise
+        raise PackageError(f"package library {pkg.library.name} is built for {real}, but meta.json says "
+                           f"{pkg.arch}; the package is inconsistent: use --backend onnxruntime or re-export it")
 
 
 class TVMBackend:

@@ -46,19 +46,57 @@ def look_up_option(value: str, choices: Iterable[str], what: str = "option") -> 
 
 EXIT_INTERRUPTED = 130
 
+# Ctrl-C raises KeyboardInterrupt in Python code, but a native library running a Python callback (TVM's pass
+# pipeline does) can swallow it and carry on. run_cli latches the signal so that the atomic writers
+# (edge.imageio.write_atomic, edge.package.write_package) refuse to put an output in place after one.
+_interrupted = False
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came during this command, even when something swallowed it."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
 
 def run_cli(body: Callable[[], int], verbose: bool = False) -> int:
     """Run a command's body: an :class:`EdgeError` becomes one ``error: ...`` line on stderr and its exit code.
 
-    Tracebacks are shown only with ``verbose`` (``-v``). Every console script goes through here.
+    Tracebacks are shown only with ``verbose`` (``-v``). Every console script goes through here. Ctrl-C ends it
+    with exit 130 and one line, even when a native library swallowed the KeyboardInterrupt.
     """
+    global _interrupted
+    import signal
+    import threading
+
+    _interrupted = False
+    previous = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
-        return body()
+        code = body()
+        raise_if_interrupted()
+        return code
     except EdgeError as exc:
+        if _interrupted:
+            return _interrupted_exit()
         if verbose:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; outputs in progress were not kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_exit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_exit() -> int:
+    print("error: interrupted; outputs in progress were not kept", file=sys.stderr)
+    return EXIT_INTERRUPTED

@@ -10,12 +10,13 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edge.errors import InputError
+from edge.errors import InputError, raise_if_interrupted
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".ppm", ".pnm", ".pgm")
 
@@ -216,6 +217,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         # mkstemp makes the file 0600; an output is a normal file: 0666 less the umask, like open() would make
         os.chmod(tmp, 0o666 & ~_umask())
+        raise_if_interrupted()  # a Ctrl-C swallowed by a native library still keeps the output out
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -225,6 +227,25 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
                              "output folder with -o") from exc
         raise
     return path
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path) -> Iterator[Path]:
+    """Create ``path`` (and parents) for a command's outputs; if the command then fails, a folder this call made
+    is removed again when nothing was written into it (a refused run leaves nothing behind)."""
+    path = Path(path)
+    made = [p for p in [path, *path.parents] if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {path} ({exc.strerror}); choose a writable one") from exc
+    try:
+        yield path
+    except BaseException:
+        for p in made:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only empty folders go
+        raise
 
 
 def write_image(path: str | Path, array: np.ndarray) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import PackageError
+from edge.errors import PackageError, raise_if_interrupted
 
 FORMAT = "vessel-edge-package"
 FORMAT_VERSION = 1
@@ -92,37 +93,168 @@ class Package:
         return True, ""
 
 
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".zip")
+
+# ELF e_machine -> the architecture names used in meta.json (what a library was really built for)
+_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
+
+
+def elf_arch(path: str | Path) -> str | None:
+    """The architecture an ELF shared library was built for (``x86_64``, ``aarch64``, ...), None for non-ELF."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
+
+
 def find_package(path: str | Path | None) -> Path:
     """``path``, else $VESSEL_EDGE_PACKAGE, else the default place; a helpful error when none exists."""
     if path is None:
         path = os.environ.get(ENV_VAR) or DEFAULT_DIR
     p = Path(path)
-    if not (p / META).is_file():
-        raise PackageError(
-            f"no package at {p} (no {META}); make one with `edge-export m2unet --target arm64 --out {p}` "
-            f"and pass it with --package DIR or ${ENV_VAR}")
-    return p
+    if p.is_dir() and ((p / META).is_file() or (p / META).is_symlink()):
+        return p
+    if p.is_file():
+        if p.name.lower().endswith(ARCHIVE_SUFFIXES):
+            unpack = f"unzip {p}" if p.name.lower().endswith(".zip") else f"tar -xf {p}"
+            raise PackageError(f"{p} is an archive, not a package folder; unpack it (`{unpack}`) and pass the "
+                               f"folder that holds {META}")
+        if p.name == META:
+            raise PackageError(f"{p} is the package's {META}, not the package; pass its folder {p.parent}")
+        raise PackageError(f"{p} is a file, not a package folder; pass the folder made by edge-export "
+                           f"(it holds {META}, {ONNX} and {LIBRARY})")
+    if p.is_dir() and any((p / m).exists() for m in (ONNX, LIBRARY)):
+        raise PackageError(f"package folder {p} has no {META} (its settings and checksums); re-export the "
+                           "package or copy its meta.json back")
+    raise PackageError(
+        f"no package at {p} (no {META}); make one with `edge-export m2unet --target arm64 --out {p}` "
+        f"and pass it with --package DIR or ${ENV_VAR}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+# (section, key, required, check, what it must be): what the runtime reads from meta.json, checked once here
+# so that a hand-edited or truncated meta.json is refused with the key's name instead of failing later.
+_SCHEMA: tuple[tuple[str, str | None, bool, Any, str], ...] = (
+    ("model", None, True, lambda v: isinstance(v, dict), "an object"),
+    ("model", "name", True, lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    ("model", "divisor", False, lambda v: _is_int(v, 1), "an integer >= 1"),
+    ("model", "overlap", False, lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("input", None, True, lambda v: isinstance(v, dict), "an object"),
+    ("input", "name", True, lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    ("input", "shape", True, lambda v: isinstance(v, list) and len(v) == 4 and all(_is_int(d, 1) for d in v),
+     "a list of 4 positive integers (N, C, H, W)"),
+    ("output", None, False, lambda v: isinstance(v, dict), "an object"),
+    ("output", "activation", False, lambda v: isinstance(v, str), "a string"),
+    ("preprocess", None, False, lambda v: isinstance(v, dict), "an object"),
+    ("preprocess", "channel_order", False, lambda v: isinstance(v, str), "a string"),
+    ("preprocess", "scale", True, _is_number, "a number"),
+    ("preprocess", "mean", True, lambda v: isinstance(v, list) and bool(v) and all(map(_is_number, v)),
+     "a list of numbers"),
+    ("preprocess", "std", True, lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x != 0 for x in v),
+     "a list of non-zero numbers"),
+    ("postprocess", None, False, lambda v: isinstance(v, dict), "an object"),
+    ("postprocess", "threshold", False, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("tiling", None, False, lambda v: isinstance(v, dict), "an object"),
+    ("tiling", "overlap", False, lambda v: _is_int(v, 0), "an integer >= 0"),
+    ("tiling", "blend", False, lambda v: isinstance(v, str), "a string"),
+    ("target", None, True, lambda v: isinstance(v, dict), "an object"),
+    ("target", "library", False, lambda v: v is None or isinstance(v, str), "a member name or null"),
+    ("target", "arch", False, lambda v: v is None or isinstance(v, str), "a string"),
+    ("target", "device", False, lambda v: isinstance(v, str), "a string"),
+    ("versions", None, False, lambda v: isinstance(v, dict), "an object"),
+    ("versions", "tvm", False, lambda v: v is None or isinstance(v, str), "a version string or null"),
+    ("files", None, True, lambda v: isinstance(v, dict) and bool(v), "an object naming every member"),
+)
+
+
+def check_meta(p: Path, meta: Any) -> None:
+    """Refuse a ``meta.json`` of another format, version or shape, naming the first key that does not fit."""
+    where = p / META
+    if not isinstance(meta, dict):
+        raise PackageError(f"{where} holds a JSON {type(meta).__name__}, not an object; re-export the package")
+    if meta.get("format") != FORMAT:
+        raise PackageError(f"{p} is not a vessel-edge package ({META} has format={meta.get('format')!r}, "
+                           f"expected {FORMAT!r}); pass a folder made by edge-export")
+    version = meta.get("format_version")
+    if not _is_int(version, 0) or version != FORMAT_VERSION:
+        raise PackageError(f"{p} has package format version {version!r}, this runtime reads version "
+                           f"{FORMAT_VERSION}; re-export it with this release of edge-export")
+    missing = object()
+    for section, key, required, ok, what in _SCHEMA:
+        sec = meta.get(section, missing)
+        if key is None:
+            value, name = sec, section
+        elif sec is missing:
+            continue  # an optional section that is absent (a required one failed above)
+        else:
+            value, name = sec.get(key, missing), f"{section}.{key}"
+        if value is missing:
+            if required:
+                raise PackageError(f"{where} lacks the required key '{name}'; re-export the package with edge-export")
+            continue
+        if not ok(value):
+            raise PackageError(f"{where}: '{name}' must be {what}, got {json.dumps(value)[:60]}; re-export the "
+                               "package with edge-export")
+    for name, info in meta["files"].items():
+        if name in ("", ".", "..", META) or "/" in name or "\\" in name:
+            raise PackageError(f"{where} lists member {name!r}, which is not a file name inside the package; "
+                               "re-export the package")
+        sha = info.get("sha256") if isinstance(info, dict) else None
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise PackageError(f"{where}: member {name} has no sha256 checksum; re-export the package (every "
+                               "member is verified against it)")
+    if ONNX not in meta["files"]:
+        raise PackageError(f"package {p} has no {ONNX} in its inventory ({META} 'files'); re-export it")
+    lib = meta["target"].get("library")
+    if lib is not None and lib not in meta["files"]:
+        raise PackageError(f"{where} names library {lib!r}, which is not among its members "
+                           f"({', '.join(meta['files'])}); re-export the package")
+
+
+def check_members(p: Path, meta: dict[str, Any], verify: bool = True) -> None:
+    """The folder holds exactly the members of the inventory, as regular files inside it, with their sha256."""
+    root = p.resolve()
+    files = meta["files"]
+    extra = sorted(e.name for e in p.iterdir() if e.name != META and e.name not in files)
+    if extra:
+        raise PackageError(f"package {p} holds {', '.join(extra)}, which its inventory ({META} 'files') does not "
+                           "list; remove it or re-export the package (only checksummed members are trusted)")
+    for name in (META, *files):
+        f = p / name
+        if f.is_symlink() and not f.resolve().is_relative_to(root):
+            raise PackageError(f"package member {name} in {p} is a symlink to {os.readlink(f)}, outside the "
+                               "package; copy the real file into the package (e.g. `cp -L`) or re-export it")
+        if name == META:
+            continue
+        if not f.is_file():
+            raise PackageError(f"package {p} is missing member {name}; re-export it")
+        if verify and sha256_file(f) != files[name]["sha256"]:
+            raise PackageError(f"package member {name} in {p} does not match its sha256 in {META} "
+                               "(corrupt or modified); re-export or re-copy the package")
 
 
 def load_package(path: str | Path | None = None, verify: bool = True) -> Package:
-    """Read and validate a package directory; checksums are verified when ``verify``."""
+    """Read and validate a package directory: the format, the keys the runtime reads, an inventory that lists
+    every member (nothing more, no links out of the package); checksums are verified when ``verify``."""
     p = find_package(path)
     try:
-        meta = json.loads((p / META).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads((p / META).read_bytes())
+    except OSError as exc:
+        raise PackageError(f"cannot read {p / META} ({exc.strerror}); check its permissions or re-copy the "
+                           "package") from exc
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
         raise PackageError(f"{p / META} is not readable JSON ({exc}); re-export the package") from exc
-    if meta.get("format") != FORMAT:
-        raise PackageError(f"{p} is not a vessel-edge package ({META} has format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise PackageError(f"{p} has package format version {meta.get('format_version')}, this runtime reads "
-                           f"version {FORMAT_VERSION}; re-export it with this release of edge-export")
-    for name, info in meta.get("files", {}).items():
-        f = p / name
-        if not f.is_file():
-            raise PackageError(f"package {p} is missing member {name}; re-export it")
-        if verify and info.get("sha256") and sha256_file(f) != info["sha256"]:
-            raise PackageError(f"package member {name} in {p} does not match its sha256 in {META} "
-                               "(corrupt or modified); re-export or re-copy the package")
+    check_meta(p, meta)
+    check_members(p, meta, verify)
     return Package(p, meta)
 
 
@@ -144,6 +276,12 @@ def write_package(out: str | Path, meta: dict[str, Any], members: dict[str, Path
             files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
         meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "files": files}
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        # mkdtemp makes the folder 0700: a package is an ordinary folder (0777 less the umask), readable by the
+        # service account that runs edge-run on the board
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        raise_if_interrupted()  # Ctrl-C during the export (TVM's pipeline can swallow it): keep no package
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

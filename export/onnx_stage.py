@@ -100,10 +100,15 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise EdgeError(f"ONNX file not found: {path}")
     try:
-        return onnx.load(str(path))
+        m = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends
         raise EdgeError(f"{path} is not a readable ONNX model ({type(exc).__name__}); "
                         "check the file is complete and was written by an ONNX exporter") from exc
+    if not m.graph.node or not m.opset_import:
+        # protobuf decodes an empty (or any all-defaults) byte string as an empty model without complaint
+        raise EdgeError(f"{path} is not an ONNX model (no graph{' nodes' if m.opset_import else ' or opset'}); "
+                        "check the file is complete and was written by an ONNX exporter")
+    return m
 
 
 def io_signature(m: onnx.ModelProto) -> tuple[str, list[int], str]:
@@ -112,7 +117,8 @@ def io_signature(m: onnx.ModelProto) -> tuple[str, list[int], str]:
     inputs = [i for i in m.graph.input if i.name not in inits]
     if len(inputs) != 1 or len(m.graph.output) < 1:
         raise EdgeError(f"expected one image input, found {len(inputs)} graph inputs: "
-                        f"{', '.join(i.name for i in inputs)}")
+                        f"{', '.join(i.name for i in inputs) or 'none'}; export a model whose only input is the "
+                        "image (N, C, H, W)")
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
     return inputs[0].name, dims, m.graph.output[0].name
 

@@ -108,21 +108,16 @@ def load_database(work_dir: Path, target):
 
 
 def rpc_endpoint(tracker: str | None, key: str | None) -> tuple[str, int, str]:
-    """(host, port, key) of a TVM RPC tracker given as HOST:PORT, checked to accept connections."""
-    import socket
+    """(host, port, key) of a TVM RPC tracker given as HOST:PORT, checked to answer and to hold a server
+    registered under ``key`` (MetaSchedule's runner would otherwise wait for one forever)."""
+    from export.rpc import check_tracker, parse_tracker
 
     if not tracker or not key:
         raise EdgeError("tuning on a device needs both --rpc-tracker HOST:PORT and --rpc-key KEY (the key the "
                         "board's RPC server registered with)")
-    host, _, port = tracker.rpartition(":")
-    if not host or not port.isdigit():
-        raise EdgeError(f"--rpc-tracker must look like HOST:PORT, e.g. 127.0.0.1:9190; got '{tracker}'")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise EdgeError(f"the TVM RPC tracker at {tracker} is unreachable ({exc.strerror or exc}); start it with "
-                        f"`python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}`") from None
-    return host, int(port), key
+    host, port = parse_tracker(tracker)
+    check_tracker(tracker, key)
+    return host, port, key
 
 
 def _export_cross(cxx: str, mod) -> str:

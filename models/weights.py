@@ -1,6 +1,8 @@
 """Loading state dicts into zoo models, with errors that name the keys that do not fit."""
 from __future__ import annotations
 
+import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -9,13 +11,32 @@ import torch
 from edge.errors import EdgeError
 
 
+def unpickled_code(exc: BaseException) -> str | None:
+    """What torch's weights-only unpickler refused to import (``posix.system``), or None when the error says the
+    file is no pickle at all rather than a pickle naming code."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return m.group(1) if m else None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a ``.pth``/``.pt`` state dict (a bare one, or under ``state_dict``/``model``)."""
     path = Path(path)
+    if path.is_dir():
+        raise EdgeError(f"weights {path} is a folder, not a state dict file; pass the .pth/.pt file inside it "
+                        "with --weights")
     if not path.is_file():
         raise EdgeError(f"weights file not found: {path}; pass an existing .pth/.pt state dict with --weights")
     try:
+        # weights_only: the unpickler builds tensors and plain containers only, never runs code from the file
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        code = unpickled_code(exc)
+        if code is None:  # not a pickle at all (e.g. "invalid load key", "Unsupported operand")
+            raise EdgeError(f"cannot read weights {path} (UnpicklingError: not a PyTorch state dict); pass one "
+                            "saved with torch.save(model.state_dict(), path)") from exc
+        raise EdgeError(f"refused to load weights {path}: it holds Python objects other than tensors ({code}), "
+                        "which could run code when unpickled (weights-only loading); pass a plain state dict "
+                        "saved with torch.save(model.state_dict(), path)") from exc
     except Exception as exc:  # torch raises many types for corrupt or non-pickle files
         raise EdgeError(f"cannot read weights {path} ({type(exc).__name__}: not a PyTorch state dict); "
                         "pass one saved with torch.save(model.state_dict(), path)") from exc

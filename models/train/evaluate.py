@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EdgeError, look_up_option, run_cli
-from edge.imageio import IMAGE_SUFFIXES, write_atomic
+from edge.imageio import IMAGE_SUFFIXES, output_folder, write_atomic
 from models.train import metrics as M
 from models.train.datasets import Loaded, Sample, load_sample, load_split
 
@@ -123,10 +123,17 @@ def folder_predictor(path: str | Path) -> Predictor:
 
 def make_predictor(source: str | Path, model: str | None = None, backend: str = "auto",
                    threads: int | None = None) -> Predictor:
+    from edge.package import ARCHIVE_SUFFIXES, LIBRARY, META, ONNX
+
     p = Path(source)
     if p.is_file() and p.suffix.lower() in (".pth", ".pt"):
         return checkpoint_predictor(p, model, threads)
-    if p.is_dir() and (p / "meta.json").is_file():
+    if p.is_dir() and p.suffix.lower() in (".pth", ".pt"):
+        raise EdgeError(f"{p} is a folder, not a checkpoint file; pass the .pth/.pt file itself")
+    # a package folder, or something meant as one (members without meta.json, an archive, meta.json itself):
+    # load_package says what is wrong with it, instead of it being read as a folder of predictions
+    if (p.is_dir() and any((p / m).exists() or (p / m).is_symlink() for m in (META, ONNX, LIBRARY))) or \
+            (p.is_file() and (p.name in (META, ONNX, LIBRARY) or p.name.lower().endswith(ARCHIVE_SUFFIXES))):
         return package_predictor(p, backend, threads)
     if p.is_dir():
         return folder_predictor(p)
@@ -220,54 +227,54 @@ def evaluate(source: str | Path, dataset: str, data: str | None = None, split: s
         thresholds["chosen"] = chosen
 
     out = Path(out or f"runs/eval/{Path(source).stem}-{dataset}-{split}")
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    hist = M.Histogram()
-    for i, s in enumerate(samples, 1):
-        t0 = time.perf_counter()
-        it = load_sample(s)
-        if it.label is None:
-            raise EdgeError(f"{dataset} {split}: {it.name} has no ground truth; edge-eval needs a label per image")
-        prob = pred.fn(it)
-        m = M.image_metrics(prob, it.label, it.fov, thresholds, with_connectivity=connectivity)
-        hist = hist + M.Histogram.of(prob, it.label, it.fov)
-        row = {"name": it.name, "fov": it.fov_source}
-        for tname in thresholds:
-            for k in THRESHOLD_METRICS:
-                row[f"{k}@{tname}"] = m[tname][k]
-        row["auc"] = m["auc"]
-        row["connectivity"] = m["connectivity"]
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        rows.append(row)
-        log(f"[{i}/{len(samples)}] {it.name}: Dice {row['dice@0.5']:.4f}"
-            + (f" ({row['dice@chosen']:.4f} at {chosen:.3f})" if chosen is not None else "")
-            + (f", AUC {row['auc']:.4f}" if row["auc"] is not None else ""))
-    if not rows:
-        raise EdgeError(f"{dataset} {split}: no images to evaluate")
+    with output_folder(out):
+        rows: list[dict] = []
+        hist = M.Histogram()
+        for i, s in enumerate(samples, 1):
+            t0 = time.perf_counter()
+            it = load_sample(s)
+            if it.label is None:
+                raise EdgeError(f"{dataset} {split}: {it.name} has no ground truth; edge-eval needs a label per image")
+            prob = pred.fn(it)
+            m = M.image_metrics(prob, it.label, it.fov, thresholds, with_connectivity=connectivity)
+            hist = hist + M.Histogram.of(prob, it.label, it.fov)
+            row = {"name": it.name, "fov": it.fov_source}
+            for tname in thresholds:
+                for k in THRESHOLD_METRICS:
+                    row[f"{k}@{tname}"] = m[tname][k]
+            row["auc"] = m["auc"]
+            row["connectivity"] = m["connectivity"]
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            rows.append(row)
+            log(f"[{i}/{len(samples)}] {it.name}: Dice {row['dice@0.5']:.4f}"
+                + (f" ({row['dice@chosen']:.4f} at {chosen:.3f})" if chosen is not None else "")
+                + (f", AUC {row['auc']:.4f}" if row["auc"] is not None else ""))
+        if not rows:
+            raise EdgeError(f"{dataset} {split}: no images to evaluate")
 
-    cols = [c for c in rows[0] if c not in ("name", "fov")]
-    mean, std = {}, {}
-    for c in cols:
-        mean[c], std[c] = _summary([r[c] for r in rows])
-    ops = {"0.5": 0.5, **({"chosen": chosen} if chosen is not None else {})}
-    pooled_thr, pooled_dice = hist.best_threshold()
-    summary = {
-        "source": {"kind": pred.kind, **pred.meta},
-        "dataset": dataset, "data": str(data) if data else None, "split": split, "images": len(rows),
-        "thresholds": {"0.5": 0.5, "chosen": chosen, "chosen_source": chosen_src},
-        "mean": mean, "std": std, "std_note": "sample standard deviation over images (ddof 1)",
-        "pooled": {"dice_optimal_threshold_on_this_split": pooled_thr, "dice_at_it": pooled_dice,
-                   "note": "oracle value for reference only: chosen on the evaluated images"},
-        "per_image": "per_image.csv",
-    }
-    summary["curves"] = _plot(out, hist, ops)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    write_atomic(out / "per_image.csv", buf.getvalue().encode())
-    write_atomic(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+        cols = [c for c in rows[0] if c not in ("name", "fov")]
+        mean, std = {}, {}
+        for c in cols:
+            mean[c], std[c] = _summary([r[c] for r in rows])
+        ops = {"0.5": 0.5, **({"chosen": chosen} if chosen is not None else {})}
+        pooled_thr, pooled_dice = hist.best_threshold()
+        summary = {
+            "source": {"kind": pred.kind, **pred.meta},
+            "dataset": dataset, "data": str(data) if data else None, "split": split, "images": len(rows),
+            "thresholds": {"0.5": 0.5, "chosen": chosen, "chosen_source": chosen_src},
+            "mean": mean, "std": std, "std_note": "sample standard deviation over images (ddof 1)",
+            "pooled": {"dice_optimal_threshold_on_this_split": pooled_thr, "dice_at_it": pooled_dice,
+                       "note": "oracle value for reference only: chosen on the evaluated images"},
+            "per_image": "per_image.csv",
+        }
+        summary["curves"] = _plot(out, hist, ops)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        write_atomic(out / "per_image.csv", buf.getvalue().encode())
+        write_atomic(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
     return EvalResult(out, summary, rows)
 
 

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from edge.errors import EdgeError, run_cli
-from edge.imageio import write_atomic
+from edge.imageio import output_folder, write_atomic
 from edge.metrics import Confusion, confusion
 from models.train import augment as aug
 from models.train.datasets import DATASETS, Loaded, load_sample, load_split
@@ -343,16 +344,16 @@ def train(cfg: TrainConfig, items: list[Loaded] | None = None, log=_log) -> Trai
     elif (out / "resume.pt").exists() and not cfg.force:
         raise EdgeError(f"{out} already holds a training run; pass --resume {out} to continue it or --force to "
                         "start over")
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if items is None:
-        items = load_items(cfg.dataset, cfg.data, cfg)
-    if not items:
-        raise EdgeError(f"{cfg.dataset}: the training split is empty")
+    with output_folder(out):  # a dataset that does not load leaves no empty run folder behind
+        if items is None:
+            items = load_items(cfg.dataset, cfg.data, cfg)
+        if not items:
+            raise EdgeError(f"{cfg.dataset}: the training split is empty")
     train_items, val_items = split_validation(items, cfg.val_fraction, cfg.seed)
     sampler = Sampler(train_items, recipe, spec.divisor, spec, cfg.augment)
 
@@ -468,7 +469,18 @@ def _save_resume(path: Path, model, aux, opt, epoch, best_dice, best_epoch, hist
 
 def _load_resume(path: Path, model: str) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors, numbers, strings and containers are all a resume state holds; anything else in
+        # the file could run code when unpickled, so it is refused rather than loaded
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        from models.weights import unpickled_code
+
+        code = unpickled_code(exc)
+        if code is None:  # not a pickle at all
+            raise EdgeError(f"cannot read {path} (UnpicklingError); pass the resume.pt of a training run") from exc
+        raise EdgeError(f"refused to load {path}: it holds Python objects a resume state of edge-train does not "
+                        f"({code}; weights-only loading, so no code in it runs); pass the resume.pt of a training "
+                        "run") from exc
     except Exception as exc:  # torch raises many types for corrupt files
         raise EdgeError(f"cannot read {path} ({type(exc).__name__}); pass the resume.pt of a training run") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT + "-resume":

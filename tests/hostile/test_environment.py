@@ -176,3 +176,34 @@ def test_ctrl_c_in_the_middle_of_a_batch(pkg, tmp_path):
     assert not [n for n in names if n.startswith(".")], names  # no temporary file left
     assert not (tmp_path / "run.json").exists()  # the summary of an unfinished batch is not written
     check_refusal(130, stdout, stderr, before, snapshot([d]), match=r"interrupted; outputs in progress were not kept")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replace", [False, True])
+def test_ctrl_c_during_edge_export_leaves_no_package(tmp_path, replace):
+    """SIGINT while edge-export works: exit 130, one line, no package and no temporary folder beside it; with
+    --force over an existing package, the old one is still there, whole."""
+    out = tmp_path / "pkg"
+    export = [str(Path(sys.executable).with_name("edge-export")), "unet", "--input-size", "64", "--out", str(out)]
+    if replace:
+        assert subprocess.run(export, capture_output=True).returncode == 0
+        umask = os.umask(0)
+        os.umask(umask)
+        assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not mkdtemp's 0700
+        before = snapshot([out])
+        export.append("--force")
+    proc = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    head = []
+    for line in proc.stderr:  # the stages start after this line; U-Net's take ~20 s more here
+        head.append(line)
+        if "compiling for" in line:
+            break
+    time.sleep(2)
+    assert proc.poll() is None, "the export finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=120)
+    stderr = "".join(head) + rest
+    assert proc.returncode == 130, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["pkg"] if replace else [])
+    check_refusal(130, stdout, stderr, before if replace else {}, snapshot([out]) if replace else {},
+                  match=r"interrupted")

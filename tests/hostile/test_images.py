@@ -167,3 +167,33 @@ def test_a_folder_mixing_good_and_bad_files(pkg, tmp_path, capsys):
 
     s = json.loads((tmp_path / "run.json").read_text())
     assert s["exit_code"] == 4 and [i["ok"] for i in s["images"]] == [True, False, True, False, False, False]
+
+
+def _folder_dataset(root: Path) -> Path:
+    """A `folder` dataset (images/ + labels/) with one good pair and one truncated photograph."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    label = (rng.random((64, 80)) > 0.9).astype(np.uint8) * 255
+    write_image(root / "images" / "a.png", synthetic_fundus(64, 80, 0))
+    write_image(root / "labels" / "a.png", label)
+    (root / "images" / "b.png").write_bytes(_encoded(".png")[:300])
+    write_image(root / "labels" / "b.png", label)
+    return root
+
+
+def test_edge_eval_and_edge_train_refuse_a_dataset_with_a_corrupt_photo(tmp_path, expect_refusal):
+    """Both name the bad file in one line and leave no (empty) output folder behind."""
+    from models.train.evaluate import main as edge_eval
+    from models.train.trainer import main as edge_train
+
+    data = _folder_dataset(tmp_path / "data")
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    write_image(preds / "a.png", np.zeros((64, 80), np.uint8))
+    write_image(preds / "b.png", np.zeros((64, 80), np.uint8))
+    for main_, argv in [(edge_eval, [preds, "--dataset", "folder", "--data", data, "--out", tmp_path / "ev" / "x"]),
+                        (edge_train, ["m2unet", "--dataset", "folder", "--data", data, "--out", tmp_path / "tr",
+                                      "--epochs", "1"])]:
+        expect_refusal(main_, argv, watch=[tmp_path], match=r"b\.png is a truncated or corrupt PNG", rc=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "preds"]
