@@ -62,7 +62,9 @@ def torch_probs(model, image_rgb: np.ndarray) -> np.ndarray:
     """Whole-image probabilities (H, W) float32; the sides must be multiples of 16."""
     import torch
 
-    x = torch.from_numpy(image_rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+    from edge.segment import Preprocess
+
+    x = torch.from_numpy(Preprocess.from_spec(model.spec).image(image_rgb))
     with torch.inference_mode():
         return torch.sigmoid(model(x))[0, 0].numpy()
 
@@ -71,9 +73,13 @@ def torch_tile_predictor(model):
     """(1, 3, th, tw) uint8 tile -> (1, 1, th, tw) probabilities, as edge.segment does (blend probabilities)."""
     import torch
 
+    from edge.segment import Preprocess
+
+    prep = Preprocess.from_spec(model.spec)
+
     def predict(tile: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(tile.astype(np.float32) / 255.0)
+            x = torch.from_numpy(prep(tile))
             return torch.sigmoid(model(x)).numpy()
 
     return predict
@@ -83,11 +89,11 @@ def min_overlap(size: tuple[int, int], tile: tuple[int, int], overlap: int, divi
     """The smallest overlap between neighbouring tiles the runtime actually uses (tiles are spread evenly)."""
     from edge.tiling import padded_size, tile_starts
 
-    gaps = []
-    for n, t in zip(size, tile):
+    overlaps = []
+    for n, t in zip(size, tile):  # per axis: the tile side minus the largest step between tile origins
         starts = tile_starts(padded_size(n, t, divisor), t, overlap, divisor)
-        gaps += [b - a for a, b in zip(starts, starts[1:])]
-    return min(t for t in tile) - max(gaps) if gaps else min(tile)
+        overlaps += [t - (b - a) for a, b in zip(starts, starts[1:])]
+    return min(overlaps) if overlaps else min(tile)
 
 
 def measure(weights: str | Path, image: np.ndarray, overlaps: list[int], blends: list[str],
@@ -167,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from edge.errors import InputError
-    from export.pipeline import parse_size
+    from edge.errors import InputError, parse_size
 
     if not Path(a.weights).is_file():
         raise InputError(f"no checkpoint at {a.weights}; pass --weights")

@@ -218,6 +218,13 @@ class ImageReport:
     metrics: dict[str, Any] | None = None
 
 
+def quantize(prob: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 0..255, rounded, with one float temporary (an HRF map is 33 MB)."""
+    q = np.multiply(prob, np.float32(255))
+    np.rint(q, out=q)
+    return q.astype(np.uint8)
+
+
 def render_outputs(image: np.ndarray, result: Any, truth: np.ndarray | None, stem: str, out: Path,
                    overlay: bool, float_out: bool) -> dict[str, tuple[Path, bytes]]:
     """Encode every output of one image in memory (so a failure writes nothing)."""
@@ -225,7 +232,7 @@ def render_outputs(image: np.ndarray, result: Any, truth: np.ndarray | None, ste
 
     names = iter(output_names(stem, overlay, float_out))
     files = {
-        "prob": (out / next(names), encode_image(np.rint(result.prob * 255).astype(np.uint8), ".png")),
+        "prob": (out / next(names), encode_image(quantize(result.prob), ".png")),
         "mask": (out / next(names), encode_image(result.mask.astype(np.uint8) * 255, ".png")),
     }
     if float_out:

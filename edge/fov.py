@@ -106,7 +106,7 @@ def erode_ellipse(mask: np.ndarray, r: int) -> np.ndarray:
     h, w = mask.shape
     # Horizontal erosion by half-width dx: a pixel survives if its row window, clipped to the image, is all True.
     # Clipping the window is what replicating the border does for a minimum.
-    bad = np.zeros((h, w + 1), dtype=np.int32)
+    bad = np.zeros((h, w + 1), dtype=np.int32 if w >= 32767 else np.int16)  # row counts of False pixels
     np.cumsum(~mask, axis=1, out=bad[:, 1:])
     out = mask.copy()
     for dy in range(r + 1):  # rows y-dy and y+dy share the element's half-width dx

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,21 @@ class Preprocess:
                                "and BGR; re-export it")
         return cls(order, float(p["scale"]), tuple(map(float, p["mean"])), tuple(map(float, p["std"])))
 
+    @classmethod
+    def from_spec(cls, spec: Any) -> Preprocess:
+        """The scaling of a model spec (``models.ModelSpec``: RGB pixels 0..255, ``(x / 255 - mean) / std``), what
+        edge-export records in meta.json; PyTorch runs on the host use it to feed a model as the runtime does."""
+        return cls("RGB", 1.0 / 255.0, tuple(map(float, spec.mean)), tuple(map(float, spec.std)))
+
+    def to_meta(self) -> dict[str, Any]:
+        """The ``preprocess`` section of meta.json."""
+        return {"channel_order": self.channel_order, "scale": self.scale, "mean": list(self.mean),
+                "std": list(self.std)}
+
+    def image(self, image_hwc: np.ndarray) -> np.ndarray:
+        """An (H, W, C) image -> the (1, C, H, W) float32 network input."""
+        return self(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)[None]))
+
     def __call__(self, tile_nchw: np.ndarray) -> np.ndarray:
         # (p * scale - mean) / std as one multiply-add per pixel: p * (scale / std) + (-mean / std)
         mean = np.asarray(self.mean, np.float64).reshape(1, -1, 1, 1)
@@ -55,8 +71,12 @@ class Preprocess:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Overflow-free logistic function, float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return (np.float32(0.5) * (np.tanh(np.float32(0.5) * x) + np.float32(1.0))).astype(np.float32)
+    y = np.array(x, dtype=np.float32)  # one copy, then in place
+    y *= np.float32(0.5)
+    np.tanh(y, out=y)
+    y += np.float32(1.0)
+    y *= np.float32(0.5)
+    return y
 
 
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {

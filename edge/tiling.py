@@ -175,7 +175,8 @@ def sliding_window_inference(
             acc[:, y:y + th, x:x + tw] += buf
     assert acc is not None  # at least one tile always exists
     inv = _inverse_weight_sum(hp, wp, tuple(ys), tuple(xs), (th, tw), overlap, blend)
-    return np.multiply(acc[:, :h, :w], inv[None, :h, :w])  # a new, contiguous (K, H, W) array
+    acc *= inv[None]  # in place: a second image-sized float array would be the runtime's largest one
+    return acc if (hp, wp) == (h, w) else np.ascontiguousarray(acc[:, :h, :w])
 
 
 def count_tiles(height: int, width: int, tile: tuple[int, int], overlap: int, divisor: int = 1) -> int:
