@@ -207,3 +207,24 @@ def test_ctrl_c_during_edge_export_leaves_no_package(tmp_path, replace):
     assert sorted(p.name for p in tmp_path.iterdir()) == (["pkg"] if replace else [])
     check_refusal(130, stdout, stderr, before if replace else {}, snapshot([out]) if replace else {},
                   match=r"interrupted")
+
+
+def test_a_swallowed_ctrl_c_still_keeps_outputs_out(tmp_path, capsys):
+    """TVM's pass pipeline swallows a KeyboardInterrupt raised in its Python callbacks; run_cli latches the
+    signal, so the atomic writers refuse afterwards and the command still ends with 130."""
+    from edge.errors import run_cli
+    from edge.imageio import write_atomic
+
+    def body() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass  # what the native library does
+        write_atomic(tmp_path / "out.png", b"data")
+        return 0
+
+    assert run_cli(body) == 130
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.strip() == "error: interrupted; outputs in progress were not kept"
+    assert run_cli(lambda: 0) == 0  # the latch is per command
