@@ -196,7 +196,8 @@ def encode_image(array: np.ndarray, suffix: str) -> bytes:
     return buf.getvalue()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it): what modes os.open would give new files."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -216,7 +217,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes the file 0600; an output is a normal file: 0666 less the umask, like open() would make
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         raise_if_interrupted()  # a Ctrl-C swallowed by a native library still keeps the output out
         os.replace(tmp, path)
     except BaseException as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import PackageError, raise_if_interrupted
+from edge.imageio import current_umask
 
 FORMAT = "vessel-edge-package"
 FORMAT_VERSION = 1
@@ -278,9 +279,7 @@ def write_package(out: str | Path, meta: dict[str, Any], members: dict[str, Path
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
         # mkdtemp makes the folder 0700: a package is an ordinary folder (0777 less the umask), readable by the
         # service account that runs edge-run on the board
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
+        os.chmod(tmp, 0o777 & ~current_umask())
         raise_if_interrupted()  # Ctrl-C during the export (TVM's pipeline can swallow it): keep no package
         if out.exists():
             old = out.with_name(f".{out.name}.old")

@@ -11,27 +11,15 @@ from pathlib import Path
 import pytest
 
 from arm64_userland import stop
+from loopback import accepts, free_port, wait_for
 from benchmarks.remote import request_session, run_remote
 from edge.errors import EdgeError
 
 KEY = "rk3399"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(cond, timeout_s: float, what: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: the process exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        if cond():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{what} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def servers(tracker: str) -> list:
@@ -45,12 +33,6 @@ def servers(tracker: str) -> list:
         t.close()
 
 
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

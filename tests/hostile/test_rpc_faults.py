@@ -12,13 +12,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import hostile_corpus as H
+from loopback import accepts, free_port, wait_for
 import pytest
 
 from benchmarks.cli import main as bench_main
@@ -28,19 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KEY = "hostile-x86"
 
 
-def free_port() -> int:
-    """A port nothing listens on: bound, read, closed."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def registered(tracker_port: int) -> list[str]:
@@ -53,15 +42,6 @@ def registered(tracker_port: int) -> list[str]:
         t.close()
 
 
-def wait_for(cond, timeout_s: float, what: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: the process exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        if cond():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{what} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:
