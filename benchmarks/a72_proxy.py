@@ -1,13 +1,16 @@
-"""What one inference costs on an emulated Cortex-A72 (RK3399 big core): TVM package vs ONNX Runtime.
+"""What one inference costs on an emulated Cortex-A72 (RK3399 big core): TVM package vs ONNX Runtime and the
+engines people run on ARM (ncnn, MNN, LiteRT XNNPACK; benchmarks.peers converts them from the package's ONNX).
 
 Drives the arm64proxy instrument (../shared/tools/arm64proxy: qemu-aarch64 -cpu cortex-a72 with TCG plugins;
-see its README) on the cross-compiled package's library and on ONNX Runtime running the package's own
-ONNX graph, one thread each, same input. Every figure is an estimate from emulation, labelled
+see its README) on the cross-compiled package's library, on ONNX Runtime running the package's own
+ONNX graph and on each peer's conversion of it, one thread each, same input. Each output is compared with ONNX
+Runtime's on probabilities (max |dp|). Every figure is an estimate from emulation, labelled
 ``estimated (emulated A72)``: instructions, llvm-mca cycles (no memory stalls), L1D/L2 misses of an
 A72-like cache model, and cycles / 1.8 GHz. Trust ratios above ~1.3x, not absolute times.
 
   python -m benchmarks.a72_proxy m2unet --weights W.pth --size 544 --cache     # ~20-40 min at 544
   python -m benchmarks.a72_proxy --package packages/m2unet-arm64-544x544
+  python -m benchmarks.a72_proxy --package PKG --peers ncnn,mnn,tflite         # ~25 min at 544
   python -m benchmarks.a72_proxy --from-json runs.jsonl                           # re-print saved rows
 
 :func:`measure` is the core; ``edge-bench --a72-proxy`` calls it too. Needs root (the instrument chroots) and
@@ -34,6 +37,8 @@ LABEL = "estimated (emulated A72)"
 GHZ = 1.8
 GOAL_CYCLES = 1.5  # TVM needs at most 1/1.5 of ONNX Runtime's llvm-mca cycles ...
 # ... and at most as many L2 misses
+GOAL_PEER_CYCLES = 1.3  # ... and at most 1/1.3 of the best peer's (ncnn, MNN, XNNPACK), no more L2 misses than it
+PEER_ENGINES = ("ncnn", "mnn", "tflite")
 
 
 def default_work() -> Path:
@@ -45,7 +50,7 @@ def default_work() -> Path:
 class ProxyRow:
     """One engine's per-inference figures, millions (``_m``); all ``estimated (emulated A72)``."""
 
-    engine: str  # ort | tvm | tvm-default
+    engine: str  # ort | tvm | tvm-default | ncnn | mnn | tflite
     model: str
     insns_m: float
     fmla_q128_m: float
@@ -59,6 +64,10 @@ class ProxyRow:
     emulation_s: float | None = None
     package: str | None = None
     label: str = LABEL
+    max_abs_dp_vs_ort: float | None = None  # on probabilities (sigmoid of the logits): the parity that counts
+    model_file: str | None = None  # what the engine ran (a peer's converted model)
+    threads: int = 1  # TVM_NUM_THREADS in the emulated run (the other engines always run one thread)
+    other_vcpu_insns_m: float | None = None  # instructions of the threads besides the main one (vCPU 0)
 
 
 def _row(d: dict, engine: str) -> ProxyRow:
@@ -69,7 +78,7 @@ def _row(d: dict, engine: str) -> ProxyRow:
     diff = d.get("max_abs_diff_vs_first") if d.get("diff_vs") == "ort" else None
     return ProxyRow(engine, d["model"], m("insns"), m("fmla_q128"), m("fp_scalar"), m("mca_cycles"),
                     cyc / (GHZ * 1e6) if cyc else None, m("l1d_miss"), m("l2_miss"), diff,
-                    emulation_s=d.get("emulation_s"))
+                    emulation_s=d.get("emulation_s"), other_vcpu_insns_m=m("other_vcpu_insns"))
 
 
 def row_from_json(d: dict) -> ProxyRow:
@@ -116,12 +125,29 @@ def _rig_lock(work: Path, log: Callable[[str], None] | None = None):
         yield
 
 
+_WITH_THREADS = """
+import importlib.util, sys
+threads, path = sys.argv[1], sys.argv[2]
+spec = importlib.util.spec_from_file_location("a72count", path)
+a72count = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(a72count)
+a72count.ENV["TVM_NUM_THREADS"] = threads
+sys.argv = sys.argv[2:]
+sys.exit(a72count.main())
+"""
+
+
 def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int], work: str | Path | None = None,
             tool: str | Path = DEFAULT_TOOL, mca: bool = True, cache: bool = False, *, model: str | None = None,
-            extra: dict[str, Path] | None = None, package: str | None = None,
-            log: Callable[[str], None] | None = None) -> list[ProxyRow]:
+            extra: dict[str, Path] | None = None, peers: dict[str, Path] | None = None, package: str | None = None,
+            threads: int = 1, log: Callable[[str], None] | None = None) -> list[ProxyRow]:
     """Count one inference of ONNX Runtime on ``onnx_path`` (first, the reference; None skips it), the aarch64 TVM
-    ``library`` and the ``extra`` libraries (label -> .so) on the emulated A72, same random input of ``shape``.
+    ``library``, the ``extra`` libraries (label -> .so) and the ``peers`` (ncnn/mnn/tflite -> converted model, from
+    :func:`benchmarks.peers.convert`) on the emulated A72, same random input of ``shape``.
+
+    ``threads`` > 1 runs the TVM libraries with that many TVM threads (the instrument's runner keeps every other
+    engine at one): ``insns_m`` is then the main thread's count, ``other_vcpu_insns_m`` the workers', both with
+    the thread pool's waiting (sched_yield loops) included, and llvm-mca cycles cover all threads together.
 
     ``mca``: llvm-mca cycles (the goal's measure); ``cache``: L1D/L2 simulation (several times slower). Raises
     :class:`EdgeError` when the rig is missing or the emulated run fails."""
@@ -131,22 +157,41 @@ def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int],
     script = check_rig(work, tool)
     specs = ([("ort", f"ort:{onnx_path}")] if onnx_path is not None else []) + [("tvm", f"tvm:{library}")]
     specs += [(lab, f"tvm:{lib}") for lab, lib in (extra or {}).items()]
+    specs += [(name, f"{name}:{model}") for name, model in (peers or {}).items()]
+    outputs: list[np.ndarray | None] = []
     with tempfile.TemporaryDirectory(prefix="a72proxy-") as tmpd:
         x, out_json = Path(tmpd) / "input.npy", Path(tmpd) / "rows.jsonl"
         np.save(x, np.random.default_rng(0).random(shape, dtype=np.float32))
-        cmd = [sys.executable, str(script), str(work), "--input", str(x), *(s for _, s in specs),
+        if threads > 1 and (onnx_path is not None or peers):
+            raise EdgeError("the instrument runs ONNX Runtime and the peers on one thread only; count TVM alone "
+                            "with more threads (--no-ort, no --peers)")
+        # a72count fixes TVM_NUM_THREADS=1 in its environment table; more threads: load it as a module, change that
+        pre = [] if threads == 1 else ["-c", _WITH_THREADS, str(threads)]
+        cmd = [sys.executable, *pre, str(script), str(work), "--input", str(x), *(s for _, s in specs),
                "--json", str(out_json)] + ["--mca"] * mca + ["--cache"] * cache
         if log:
-            log(" ".join(cmd))
+            log(" ".join([cmd[0], *cmd[1 + len(pre):]]) + (f"  (TVM_NUM_THREADS={threads})" if pre else ""))
         with _rig_lock(work, log):
             r = subprocess.run(cmd, capture_output=True, text=True)
+            for i, (_, spec) in enumerate(specs):  # each engine's output, as a72count left it in the rig's job folder
+                f = work / "rootfs" / "opt" / "job" / f"out_{i}_{spec.partition(':')[0]}.npy"
+                outputs.append(np.load(f) if r.returncode == 0 and f.is_file() else None)
         got = [json.loads(ln) for ln in out_json.read_text().splitlines() if ln.strip()] if out_json.is_file() else []
     if r.returncode or len(got) != len(specs):
         raise EdgeError(f"the arm64proxy run failed (exit {r.returncode}): {_failure(r.stderr or r.stdout)}")
+    from export.onnx_stage import compare
+
+    ref = outputs[0] if specs[0][0] == "ort" else None
     rows = []
-    for d, (lab, _) in zip(got, specs):
+    for d, (lab, spec), out in zip(got, specs, outputs):
         row = _row({**d, "diff_vs": specs[0][0]}, lab)
         row.model, row.input_shape, row.package = model or row.model, list(shape), package
+        row.model_file, row.threads = spec.partition(":")[2], threads if spec.startswith("tvm:") else 1
+        if ref is not None and out is not None:
+            if out.shape != ref.shape:
+                raise EdgeError(f"{lab} on the emulated A72 gave an output of shape {out.shape}, ONNX Runtime "
+                                f"{ref.shape}: the conversion of {row.model_file} is not the same model")
+            row.max_abs_dp_vs_ort = compare(lab, "ort", out, ref).max_abs_diff
         rows.append(row)
     return rows
 
@@ -177,23 +222,57 @@ def ratio_lines(rows: list[ProxyRow]) -> list[str]:
             out.append(f"goal ({LABEL}; cycles <= ORT / {GOAL_CYCLES}: {ref.mca_cycles_m / GOAL_CYCLES:.1f} M): "
                        f"{'met' if ok_c else 'missed'} at {r.mca_cycles_m:.1f} M"
                        + ("" if ok_l2 is None else f"; L2 misses <= ORT's: {'met' if ok_l2 else 'missed'}"))
+    out += peer_goal(rows)
     return out
 
 
+def thread_split(one: ProxyRow, many: ProxyRow) -> list[str]:
+    """How one inference's instructions split over ``many.threads`` TVM threads, against the one-thread count of the
+    same library: per-thread instructions (the pool's waiting included), their sum against one thread's, and the
+    parallel efficiency it implies, one thread's instructions / (threads x the busiest thread's)."""
+    if not (one.insns_m and many.insns_m and many.other_vcpu_insns_m is not None and many.threads > 1):
+        return []
+    per = [many.insns_m, *([many.other_vcpu_insns_m / (many.threads - 1)] * (many.threads - 1))]
+    eff = one.insns_m / (many.threads * max(per))
+    total = many.insns_m + many.other_vcpu_insns_m
+    return [f"{many.engine} on {many.threads} threads ({LABEL}): main thread {many.insns_m:.1f} M instructions, "
+            f"other threads {many.other_vcpu_insns_m:.1f} M; together {total / one.insns_m:.3f}x one thread's "
+            f"{one.insns_m:.1f} M; parallel efficiency {eff:.2f} (one thread's / ({many.threads} x the busiest "
+            "thread's), the pool's waiting counted as work)"]
+
+
+def peer_goal(rows: list[ProxyRow]) -> list[str]:
+    """TVM against the best peer engine (fewest llvm-mca cycles among ncnn, MNN, XNNPACK) of the same run."""
+    tvm = next((r for r in rows if r.engine == "tvm" and r.mca_cycles_m), None)
+    peers = [r for r in rows if r.engine in PEER_ENGINES and r.mca_cycles_m]
+    if tvm is None or not peers:
+        return []
+    best = min(peers, key=lambda r: r.mca_cycles_m)
+    ok_c = tvm.mca_cycles_m * GOAL_PEER_CYCLES <= best.mca_cycles_m
+    ok_l2 = None if tvm.l2_miss_m is None or best.l2_miss_m is None else tvm.l2_miss_m <= best.l2_miss_m
+    return [f"tvm vs the best peer, {best.engine} ({LABEL}): cycles {best.mca_cycles_m / tvm.mca_cycles_m:.2f}x "
+            f"fewer; goal (cycles <= {best.engine} / {GOAL_PEER_CYCLES}: {best.mca_cycles_m / GOAL_PEER_CYCLES:.1f} M) "
+            f"{'met' if ok_c else 'missed'} at {tvm.mca_cycles_m:.1f} M"
+            + ("" if ok_l2 is None else f"; L2 misses <= {best.engine}'s: {'met' if ok_l2 else 'missed'}")]
+
+
 HEAD = ["engine", "instructions", "4-lane FMLA", "scalar FP", "llvm-mca cycles", "ms at 1.8 GHz", "L1D misses",
-        "L2 misses", "max abs diff vs ORT"]
+        "L2 misses", "max abs diff vs ORT (logits)", "max abs dp vs ORT"]
 
 
 def cells(r: ProxyRow) -> list[str]:
     """The table cells of one row (millions as ``12.3 M``; ``n/a`` where not measured)."""
     f = lambda v, u=" M": "n/a" if v is None else f"{v:.1f}{u}"  # noqa: E731
     d = "" if r.max_abs_diff_vs_ort is None else f"{r.max_abs_diff_vs_ort:.1e}"
+    dp = "" if r.max_abs_dp_vs_ort is None else f"{r.max_abs_dp_vs_ort:.1e}"
     return [r.engine, f(r.insns_m), f(r.fmla_q128_m), f(r.fp_scalar_m), f(r.mca_cycles_m),
-            f(r.estimated_ms_at_1_8ghz, ""), f(r.l1d_miss_m), f(r.l2_miss_m), d]
+            f(r.estimated_ms_at_1_8ghz, ""), f(r.l1d_miss_m), f(r.l2_miss_m), d, dp]
 
 
 def fmt(rows: list[ProxyRow], shape: str = "") -> str:
-    out = [f"{LABEL}: Cortex-A72, one thread, per inference {shape}".rstrip(),
+    n = max((r.threads for r in rows), default=1)
+    threads = "one thread" if n == 1 else f"TVM on {n} threads (instructions and FMLAs: the main thread's)"
+    out = [f"{LABEL}: Cortex-A72, {threads}, per inference {shape}".rstrip(),
            "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     out += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     return "\n".join(out + ratio_lines(rows))
@@ -227,13 +306,12 @@ def _build(a, work: Path) -> tuple[Path, Path, Path | None, list[int], str]:
     shape = list(pkg.input_shape)
     default = None
     if a.default:
-        import onnx
-
+        from export.onnx_stage import load_onnx
         from export.targets import get_target
         from export.tvm_stage import build_library
 
         default = work / "default_aarch64.so"
-        m = onnx.load(str(pkg.onnx))
+        m = load_onnx(pkg.onnx)
         build_library(m, m.graph.input[0].name, shape, get_target("arm64"), default, hand_kernels=False)
     return pkg.onnx, pkg.library, default, shape, pkg.model_name
 
@@ -245,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=544)
     ap.add_argument("--package", help="an existing arm64 package instead of exporting one")
     ap.add_argument("--default", action="store_true", help="also count TVM's default lowering (slow: ~4x)")
+    ap.add_argument("--peers", default="", metavar="LIST",
+                    help="also count these engines, converted from the package's ONNX: ncnn, mnn, tflite or all")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="TVM threads in the emulated run (>1: TVM alone; prints how the work splits over them "
+                         "against the one-thread row given by --one-thread-json)")
+    ap.add_argument("--one-thread-json", help="a saved one-thread TVM row (--json line) to compare --threads with")
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (reuse its row with --ort-json)")
     ap.add_argument("--ort-json", help="a saved ONNX Runtime row (--json line) to compare against")
     ap.add_argument("--no-mca", dest="mca", action="store_false",
@@ -264,12 +348,16 @@ def main(argv: list[str] | None = None) -> int:
             for model, shape, rows in groups(lines):
                 print(fmt(rows, "x".join(map(str, shape or []))))
             return 0
+        from benchmarks.peers import convert, parse_peers
+
+        names = parse_peers(a.peers) if a.peers else []
         work = Path(a.work) if a.work else default_work()
         check_rig(work, a.tool)
         with tempfile.TemporaryDirectory(prefix="a72proxy-build-") as tmpd:
             onnx_path, lib, default, shape, name = _build(a, Path(tmpd))
+            peers = {n: convert(n, onnx_path, shape) for n in names}
             rows = measure(None if a.no_ort else onnx_path, lib, shape, work, a.tool, a.mca, a.cache, model=name,
-                           extra={"tvm-default": default} if default else None,
+                           extra={"tvm-default": default} if default else None, peers=peers, threads=a.threads,
                            package=a.package, log=lambda s: print(f"[a72_proxy] {s}", file=sys.stderr, flush=True))
         if a.no_ort and a.ort_json:
             rows.insert(0, row_from_json(json.loads(Path(a.ort_json).read_text().splitlines()[0])))
@@ -278,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
                 for r in rows:
                     f.write(json.dumps(asdict(r)) + "\n")
         print(fmt(rows, "x".join(map(str, shape))))
+        if a.one_thread_json:
+            saved = [row_from_json(json.loads(ln)) for ln in Path(a.one_thread_json).read_text().splitlines() if ln]
+            one = next((r for r in saved if r.engine == "tvm" and r.threads == 1), None)
+            many = next((r for r in rows if r.engine == "tvm"), None)
+            if one is None or many is None:
+                raise EdgeError(f"{a.one_thread_json} holds no one-thread tvm row to compare with")
+            print("\n".join(thread_split(one, many)))
         return 0
 
     return run_cli(body, a.verbose)

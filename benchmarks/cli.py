@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --a72-proxy: also simulate the L1D/L2 caches (several times slower)")
     p.add_argument("--a72-work", default=None, metavar="DIR",
                    help="the rig built by arm64proxy's setup.sh (default: $ARM64PROXY_WORK or /root/.cache/arm64proxy)")
+    p.add_argument("--a72-peers", default=None, metavar="LIST",
+                   help="with --a72-proxy: also count ncnn, MNN and LiteRT XNNPACK (ncnn,mnn,tflite or all), each "
+                        "converted from the package's ONNX on this host (benchmarks.peers)")
     p.add_argument("-v", "--verbose", action="store_true", help="child process output; tracebacks on errors")
     return p
 
@@ -107,7 +110,7 @@ def plan_from_args(args: argparse.Namespace):
            "outdir": args.out, "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key,
            "rpc_target": args.rpc_target, "rpc_timeout": args.rpc_timeout, "label": args.label,
            "a72_proxy": args.a72_proxy,
-           "a72_cache": args.a72_cache, "a72_work": args.a72_work}
+           "a72_cache": args.a72_cache, "a72_work": args.a72_work, "a72_peers": args.a72_peers}
     data.update({k: v for k, v in cli.items() if v is not None})
     if args.dice:
         data["dice"] = {**data.get("dice", {}), **parse_dice(args.dice)}

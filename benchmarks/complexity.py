@@ -3,11 +3,11 @@
 The per-operator counting is :func:`export.complexity.count` (one counter for the package metadata and the
 benchmark reports, not two): Conv (grouped/depthwise: ``N*Cout*Hout*Wout*(Cin/groups)*kh*kw``), ConvTranspose,
 MatMul and Gemm make the headline MAC figure; Resize, BatchNormalization and element-wise operators are counted
-apart, per operator type, and never added to the headline. This module adds what a report needs around it:
-fixed input shapes (a symbolic dimension would count as 0), a refusal when a headline operator has no inferred
-shape, PyTorch parameter counts, a cross-check against ``torch.utils.flop_counter.FlopCounterMode`` (which
-counts FLOPs = 2 x MACs), the bytes of the weights file, the ONNX file and the compiled library, and the paper's
-published figures for comparison.
+apart, per operator type, and never added to the headline; a headline operator without an inferred shape is
+refused there, not counted as 0. This module adds what a report needs around it: fixed input shapes (a
+symbolic dimension would count as 0), PyTorch parameter counts, a cross-check against
+``torch.utils.flop_counter.FlopCounterMode`` (which counts FLOPs = 2 x MACs), the bytes of the weights file, the
+ONNX file and the compiled library, and the paper's published figures for comparison.
 """
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
-
-HEADLINE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 @dataclass
@@ -55,16 +53,11 @@ class ComplexityRecord:
 
 
 def _load(model) -> Any:
-    import onnx
-
+    """A ModelProto as it is; a path through :func:`export.onnx_stage.load_onnx` (one loader, one set of errors)."""
     if isinstance(model, (str, Path)):
-        p = Path(model)
-        if not p.is_file():
-            raise EdgeError(f"ONNX file not found: {p}")
-        try:
-            return onnx.load(str(p))
-        except Exception as exc:  # protobuf DecodeError and friends
-            raise EdgeError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from exc
+        from export.onnx_stage import load_onnx
+
+        return load_onnx(Path(model))
     return model
 
 
@@ -77,11 +70,9 @@ def fix_input_shape(m, input_shape: list[int] | tuple[int, ...] | None):
     """A copy of ``m`` whose (single) image input has the concrete ``input_shape``.
 
     A symbolic dimension would count as 0 MACs, so one is either filled in from ``input_shape`` or refused;
-    the output shapes are cleared and left to shape inference. A graph already fixed at another shape is
-    refused too: its Reshape/Resize constants were traced at that shape.
+    the other shapes are re-inferred (:func:`export.onnx_stage.with_input_shape`). A graph already fixed at
+    another shape is refused too: its Reshape/Resize constants were traced at that shape.
     """
-    import onnx
-
     inputs = _graph_inputs(m)
     dims_of = {i.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                         for d in i.type.tensor_type.shape.dim] for i in inputs}
@@ -101,30 +92,9 @@ def fix_input_shape(m, input_shape: list[int] | tuple[int, ...] | None):
                         "export it at the shape to count")
     if not symbolic:
         return m
-    out = onnx.ModelProto()
-    out.CopyFrom(m)
-    target = next(i for i in out.graph.input if i.name == inputs[0].name)
-    for d, w in zip(target.type.tensor_type.shape.dim, want):
-        d.Clear()
-        d.dim_value = w
-    for o in out.graph.output:
-        o.type.tensor_type.ClearField("shape")
-    del out.graph.value_info[:]
-    return out
+    from export.onnx_stage import with_input_shape
 
-
-def _unknown_headline(m) -> list[str]:
-    """Headline nodes whose output shape shape inference could not determine (they would count 0)."""
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(m)
-    known = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
-        if dims and min(dims) > 0:
-            known[vi.name] = dims
-    return [f"{n.op_type} {n.name or n.output[0]}" for n in m.graph.node
-            if n.op_type in HEADLINE_OPS and n.output and n.output[0] not in known]
+    return with_input_shape(m, inputs[0].name, want)
 
 
 def count_onnx(model, input_shape: list[int] | tuple[int, ...] | None = None):
@@ -135,12 +105,7 @@ def count_onnx(model, input_shape: list[int] | tuple[int, ...] | None = None):
     """
     from export.complexity import count
 
-    m = fix_input_shape(_load(model), input_shape)
-    unknown = _unknown_headline(m)
-    if unknown:
-        raise EdgeError(f"shape inference could not size {len(unknown)} operator(s) ({', '.join(unknown[:3])}); "
-                        "their MACs cannot be counted; export the graph with a fixed input shape")
-    return count(m)
+    return count(fix_input_shape(_load(model), input_shape))
 
 
 def nodes_by_op(model) -> dict[str, int]:

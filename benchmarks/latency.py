@@ -21,11 +21,13 @@ import numpy as np
 
 from edge.errors import EdgeError, look_up_option
 
-CPU_BACKENDS = ("torch", "onnxruntime", "tvm", "openvino")
+PEER_BACKENDS = ("ncnn", "mnn", "tflite")  # benchmarks.peers: converted from the package's model.onnx
+CPU_BACKENDS = ("torch", "onnxruntime", "tvm", "openvino", *PEER_BACKENDS)
 CUDA_BACKENDS = ("torch-cuda", "onnxruntime-cuda", "tvm-cuda")
 BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
-OPTIONAL_BACKENDS = ("openvino",)  # in the default list only when installed (see default_backends)
+OPTIONAL_BACKENDS = ("openvino", *PEER_BACKENDS)  # in the default list only when installed (see default_backends)
 LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tvm": "TVM", "openvino": "OpenVINO",
+          "ncnn": "ncnn", "mnn": "MNN", "tflite": "LiteRT XNNPACK",
           "torch-cuda": "PyTorch CUDA",
           "onnxruntime-cuda": "ONNX Runtime CUDA", "tvm-cuda": "TVM CUDA",
           "tvm-rpc": "TVM RPC"}
@@ -44,6 +46,10 @@ def missing(backend: str) -> str | None:
             import openvino  # noqa: F401
         except ImportError:
             return OPENVINO_MISSING
+    if backend in PEER_BACKENDS:
+        from benchmarks.peers import missing as peer_missing
+
+        return peer_missing(backend)
     return None
 
 
@@ -292,6 +298,18 @@ def _openvino_runner(package: str, threads: int) -> Runner:
     return Runner("openvino", "cpu", threads, fn, None, info)
 
 
+def _peer_runner(backend: str, package: str | None, threads: int) -> Runner:
+    """ncnn, MNN or LiteRT XNNPACK running the package's model.onnx, converted at its input shape (benchmarks.peers)."""
+    from benchmarks.peers import convert, runner
+    from edge.package import load_package
+
+    if package is None:
+        raise EdgeError(f"{backend} needs a package with model.onnx")
+    pkg = load_package(package)
+    fn, info = runner(backend, convert(backend, pkg.onnx, list(pkg.input_shape)), threads)
+    return Runner(backend, "cpu", threads, fn, None, info)
+
+
 def create_runner(backend: str, *, model: str | None = None, weights: str | None = None,
                   package: str | None = None, cuda_package: str | None = None, threads: int | None = None,
                   pinned: bool = False) -> Runner:
@@ -315,6 +333,8 @@ def create_runner(backend: str, *, model: str | None = None, weights: str | None
         if package is None:
             raise EdgeError("openvino needs a package with model.onnx")
         return _openvino_runner(package, threads)
+    if backend in PEER_BACKENDS:
+        return _peer_runner(backend, package, threads)
     from edge.backends import ONNXRuntimeBackend, TVMBackend
     from edge.package import load_package
 

@@ -1,7 +1,6 @@
 """What machine a benchmark ran on: CPU model (/proc/cpuinfo and LLVM's name for it), cores, memory, toolchain."""
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import re
@@ -12,10 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DISTRIBUTIONS = {"numpy": "numpy", "torch": "torch", "onnx": "onnx", "onnxsim": "onnxsim",
-                 "onnxruntime": "onnxruntime", "openvino": "openvino", "tvm": "apache-tvm",
-                 "tvm_ffi": "apache-tvm-ffi",
-                 "matplotlib": "matplotlib", "psutil": "psutil", "vessel_edge": "vessel-edge"}
+from edge.package import versions
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo", device_tree: str | Path = "/proc/device-tree") -> str | None:
@@ -44,16 +40,6 @@ def llvm_cpu() -> str | None:
     except Exception as exc:  # TVM absent or built without LLVM: reported, not fatal
         print(f"note: LLVM CPU name unavailable ({type(exc).__name__})", file=sys.stderr)
         return None
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for key, dist in DISTRIBUTIONS.items():
-        try:
-            out[key] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[key] = None
-    return out
 
 
 def gpus() -> list[dict[str, str]]:

@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edge.errors import EdgeError, InputError, look_up_option, run_parsed
+
 ROOT = Path(__file__).resolve().parents[1]
 HRF_WEIGHTS = ROOT.parent / "shared" / "models" / "m2unet" / "M2UNetHRF.pth"
 GOAL_MB = 600
@@ -44,13 +46,14 @@ BLOCK = (
 TORCH_CASE = VMHWM + (
     "import json, sys, time\n"
     "import cv2, numpy as np, torch\n"
+    "from edge.segment import Preprocess\n"
     "from models import create_model\n"
     "threads, weights, image = int(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
     "torch.set_num_threads(threads)\n"
     "model = create_model('m2unet', weights=weights)\n"
     "t0 = time.perf_counter()\n"
     "img = cv2.cvtColor(cv2.imread(image), cv2.COLOR_BGR2RGB)\n"
-    "x = torch.from_numpy(img.transpose(2, 0, 1)[None].astype(np.float32) / 255)\n"
+    "x = torch.from_numpy(Preprocess.from_spec(model.spec).image(img))\n"
     "with torch.inference_mode():\n"
     "    prob = torch.sigmoid(model(x))[0, 0].numpy()\n"
     "mask = prob > 0.5\n"
@@ -88,7 +91,8 @@ def run_case(name: str, cmd: list[str], env: dict[str, str], detail: str) -> tup
         fe.seek(0)
         out, err = fo.read(), fe.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed ({proc.returncode}): {err.strip()[-2000:]}")
+        last = (err.strip().splitlines() or ["no output"])[-1][:300]
+        raise EdgeError(f"case {name} failed (exit {proc.returncode}): {last}")
     report = json.loads(out.strip().splitlines()[-1])
     peak = report["vmhwm_kb"] * 1024
     return MemoryCase(name, peak / 2**20, polled / 2**20, report["seconds"], time.perf_counter() - t0, detail), err
@@ -118,7 +122,8 @@ def make_package(weights: Path, out: Path, tile: tuple[int, int] = (544, 544)) -
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edge.package import host_arch, sha256_file, write_package
+    from edge.package import host_arch, sha256_file, versions, write_package
+    from edge.segment import Preprocess
     from models import create_model
 
     work = out.parent / (out.name + ".work")
@@ -139,30 +144,40 @@ def make_package(weights: Path, out: Path, tile: tuple[int, int] = (544, 544)) -
                   "weights": {"file": Path(weights).name, "sha256": sha256_file(weights)}},
         "input": {"name": "input", "shape": shape, "dtype": "float32", "layout": "NCHW"},
         "output": {"name": "logits", "kind": "logits", "activation": "sigmoid"},
-        "preprocess": {"channel_order": "RGB", "scale": 1 / 255, "mean": list(spec.mean), "std": list(spec.std)},
+        "preprocess": Preprocess.from_spec(spec).to_meta(),
         "postprocess": {"threshold": spec.threshold},
         "tiling": {"tile": list(tile), "overlap": spec.overlap, "blend": "gaussian"},
         "target": {"preset": "host", "tvm_target": {"kind": "llvm"}, "arch": host_arch(), "device": "cpu",
                    "library": "model.so"},
-        "versions": {"tvm": tvm.__version__, "torch": torch.__version__},
+        "versions": versions(("tvm", "torch")),
     }
     write_package(out, meta, {"model.onnx": onnx_path, "model.so": lib_path})
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+CASES = ("edge-tvm", "edge-onnxruntime", "torch-whole")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.memory_tiled", description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(HRF_WEIGHTS), help="M2U-Net checkpoint (default: the HRF one)")
     p.add_argument("--package", default=None, help="an m2unet 544x544 package for this machine; built there when "
                                                    "missing (default: built in a temporary folder)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--cases", default="edge-tvm,edge-onnxruntime,torch-whole")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma separated, of {', '.join(CASES)}")
     p.add_argument("--json", default=None, help="also write the results as JSON")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(build_parser(), _run, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
+    cases = [look_up_option(c.strip(), CASES, "case") for c in a.cases.split(",") if c.strip()]
     weights = Path(a.weights)
     if not weights.is_file():
-        print(f"error: no checkpoint at {weights}; pass --weights", file=sys.stderr)
-        return 2
+        raise InputError(f"no checkpoint at {weights}; pass --weights")
 
     from benchmarks.overlap import fundus_image
     from edge.imageio import write_image
@@ -179,17 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if k not in ("TVM_USE_RUNTIME_LIB", "VESSEL_EDGE_PACKAGE")}
         env["PYTHONPATH"] = str(ROOT)
         results = []
-        for case in a.cases.split(","):
+        for case in cases:
             if case.startswith("edge-"):
                 backend = case[len("edge-"):]
                 cmd = edge_command(image, package, backend, tmp / case, a.threads)
                 detail = f"edge-run --backend {backend}, 544x544 tiles, image read + FOV + tiles + PNG writes"
-            elif case == "torch-whole":
+            else:  # torch-whole
                 cmd = [sys.executable, "-c", TORCH_CASE, str(a.threads), str(weights), str(image)]
                 detail = "PyTorch 2336x3504 in one pass (inference_mode), image read + sigmoid + threshold"
-            else:
-                print(f"error: unknown case {case}", file=sys.stderr)
-                return 2
             r, _ = run_case(case, cmd, env, detail)
             results.append(r)
             print(f"{r.case:<17} peak RSS {r.peak_rss_mb:7.0f} MB (polled {r.peak_rss_polled_mb:5.0f})  "

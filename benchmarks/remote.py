@@ -22,9 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, run_parsed
 from edge.package import host_arch, load_package
-from export.rpc import DEFAULT_TRACKER, check_tracker, connect_tracker, parse_tracker, within  # noqa: F401
+from export.rpc import (  # noqa: F401
+    DEFAULT_TRACKER,
+    check_tracker,
+    connect_tracker,
+    parse_tracker,
+    within,
+)
 
 DEFAULT_KEY = "rk3399"
 EMULATION_MARKER = "/etc/vessel-edge-emulated"  # written into the emulated userland by docker/arm64-userland.sh
@@ -63,7 +69,7 @@ class RemoteResult:
     mean_ms: float
     min_ms: float
     max_ms: float
-    parity_max_abs_diff: float | None
+    parity_max_abs_diff: float | None  # max |difference| of probabilities, sigmoid(logits)
     parity_reference: str
     upload_bytes: int
     upload_s: float
@@ -246,15 +252,18 @@ def run_remote(package_dir: str | Path, tracker: str = DEFAULT_TRACKER, key: str
         raise EdgeError(f"the '{key}' server at {address} failed during the run ({type(exc).__name__}: "
                         f"{_first_line(exc)}); check that the board and its rpc_server are still up, then run "
                         "again") from exc
-    if reference is not None and reference.shape != y.shape:
-        raise EdgeError(f"the remote output has shape {y.shape}, the reference {reference.shape}")
+    from export.onnx_stage import (
+        compare,  # max |difference| of the probabilities, as edge-export gates stages
+    )
+
+    parity = None if reference is None else compare("the remote output", ref_label, y, reference).max_abs_diff
     a = np.asarray(samples)
     return RemoteResult(
         package=str(pkg.path), model=pkg.model_name, arch=pkg.arch or "unknown", tracker=tracker, key=key,
         platform=plat, timing="emulated (QEMU): not a board timing" if plat.emulated else "board",
         input_shape=tuple(shape), warmup=warmup, samples_ms=samples, p50_ms=float(np.percentile(a, 50)),
         p90_ms=float(np.percentile(a, 90)), mean_ms=float(a.mean()), min_ms=float(a.min()), max_ms=float(a.max()),
-        parity_max_abs_diff=None if reference is None else float(np.max(np.abs(y - reference))),
+        parity_max_abs_diff=parity,
         parity_reference=ref_label, upload_bytes=pkg.library.stat().st_size, upload_s=upload_s)
 
 
@@ -273,7 +282,7 @@ def _sample(vm, dev, runs: int, seconds: float | None) -> tuple[float, ...]:
     return tuple(samples + (timed(more) if more > 0 else []))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.remote", description=__doc__.splitlines()[0])
     ap.add_argument("package", help="package directory (edge-export --target arm64 ...)")
     ap.add_argument("--rpc-tracker", default=DEFAULT_TRACKER, help="HOST:PORT of the TVM RPC tracker")
@@ -284,22 +293,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", "--rpc-timeout", type=float, default=300.0,
                     help="seconds for the tracker steps and the session")
     ap.add_argument("--json", metavar="PATH", help="write the result as JSON")
-    args = ap.parse_args(argv)
-    try:
-        r = run_remote(args.package, args.rpc_tracker, args.rpc_key, args.runs, args.warmup, args.timeout,
-                       seconds=args.seconds)
-    except EdgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(build_parser(), _run, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.imageio import write_atomic
+
+    r = run_remote(args.package, args.rpc_tracker, args.rpc_key, args.runs, args.warmup, args.timeout,
+                   seconds=args.seconds)
     if args.json:
-        Path(args.json).write_text(json.dumps(r.to_dict(), indent=2) + "\n")
+        write_atomic(args.json, (json.dumps(r.to_dict(), indent=2) + "\n").encode())
     p = r.platform
     print(f"remote   {p.address}  {p.cpu}  {p.os}  board: {p.board}")
     print(f"timing   {r.timing}" + (f" ({p.emulation})" if p.emulated else ""))
     print(f"latency  p50 {r.p50_ms:.2f} ms  p90 {r.p90_ms:.2f} ms  min {r.min_ms:.2f} ms  ({len(r.samples_ms)} runs "
           f"after {r.warmup} warm-up, timed on the remote)")
     parity = "n/a" if r.parity_max_abs_diff is None else f"{r.parity_max_abs_diff:.2e}"
-    print(f"parity   max|diff| {parity} vs {r.parity_reference}")
+    print(f"parity   max|dp| {parity} vs {r.parity_reference}")
     print(f"upload   {r.upload_bytes / 1e6:.2f} MB in {r.upload_s:.2f} s")
     return 0
 

@@ -13,14 +13,13 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
+from edge.imageio import write_files_atomic
 
 SCHEMA = "vessel-edge-bench-results"
 SCHEMA_VERSION = 1
@@ -192,7 +191,8 @@ def machine_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     for r in doc["runs"]:
         m, s = r["machine"], r["settings"]
         v = m.get("versions", {})
-        vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "openvino", "tvm", "onnx") if v.get(k))
+        vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "openvino", "tvm", "onnx", "ncnn",
+                                                  "mnn", "ai_edge_litert") if v.get(k))
         gpus = ", ".join(g["name"] for g in m.get("gpus") or []) or "none"
         rows.append([r["label"], m.get("cpu_model") or "?", m.get("llvm_cpu") or "?",
                      f"{m.get('cores_physical')} physical / {m.get('cores_logical')} logical",
@@ -341,6 +341,7 @@ def _png(fig) -> bytes:
 
 
 COLORS = {"torch": "#d62728", "onnxruntime": "#1f77b4", "tvm": "#2ca02c", "openvino": "#9467bd",
+          "ncnn": "#8c564b", "mnn": "#e377c2", "tflite": "#bcbd22",
           "torch-cuda": "#ff9896", "onnxruntime-cuda": "#aec7e8", "tvm-cuda": "#98df8a", "tvm-rpc": "#17becf"}
 
 
@@ -636,27 +637,12 @@ def render(doc: dict) -> dict[str, bytes]:
 
 
 def write_report(doc: dict, outdir: str | Path) -> dict[str, Path]:
-    """Render everything, then write each file to a temporary sibling and rename them all into place."""
+    """Render everything, then write the files atomically, all of them or none (:func:`edge.imageio.write_files_atomic`)."""
     out = Path(outdir)
     files = render(doc)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgeError(f"cannot create {out} ({exc.strerror}); choose a writable -o") from None
-    tmps: dict[str, str] = {}
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        for name, data in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
-            tmps[name] = tmp
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a report is an ordinary file
-        for name, tmp in tmps.items():
-            os.replace(tmp, out / name)
-    except OSError as exc:
-        for tmp in tmps.values():
-            Path(tmp).unlink(missing_ok=True)
-        raise EdgeError(f"cannot write the report into {out} ({exc.strerror})") from None
+    write_files_atomic({out / name: data for name, data in files.items()})
     return {name: out / name for name in files}

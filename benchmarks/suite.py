@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import EdgeError, look_up_option
+from edge.errors import EdgeError, look_up_option, parse_size
+from edge.imageio import write_atomic
 from benchmarks.latency import (CUDA_BACKENDS, IMAGES, LABELS, OPTIONAL_BACKENDS, LatencyStats, collect,
                                 collect_interleaved, create_runner, cuda_unavailable, default_backends, missing,
                                 parse_backends, tiled)
@@ -71,34 +72,22 @@ class Plan:
     a72_proxy: bool = False  # also count ORT and TVM on the emulated Cortex-A72 (benchmarks.a72_proxy; slow)
     a72_cache: bool = False  # ... with the L1D/L2 simulation (several times slower)
     a72_work: str | None = None  # the arm64proxy rig; None: $ARM64PROXY_WORK or /root/.cache/arm64proxy
+    a72_peers: list[str] = field(default_factory=list)  # ... and these peers (ncnn, mnn, tflite; benchmarks.peers)
 
 
 PLAN_KEYS = tuple(f.name for f in fields(Plan))
 
 
 def parse_size_list(text: str | list) -> list[tuple[int, int]]:
-    """``"544,960"`` or ``"544x768,960"`` (HxW) or a JSON list of ints / [h, w] pairs."""
+    """``"544,960"`` or ``"544x768,960"`` (HxW, each as :func:`edge.errors.parse_size`) or a JSON list of ints /
+    [h, w] pairs; duplicates dropped, order kept."""
     items = text.split(",") if isinstance(text, str) else list(text)
     out = []
     for it in items:
         if isinstance(it, (list, tuple)) and len(it) == 2:
-            h, w = int(it[0]), int(it[1])
-        else:
-            s = str(it).strip().lower()
-            if not s:
-                continue
-            try:
-                dims = [int(p) for p in s.split("x")]
-            except ValueError:
-                raise EdgeError(f"size '{it}' must look like 544 or 544x960 (HxW)") from None
-            if len(dims) == 1:
-                dims *= 2
-            if len(dims) != 2:
-                raise EdgeError(f"size '{it}' must look like 544 or 544x960 (HxW)")
-            h, w = dims
-        if h <= 0 or w <= 0:
-            raise EdgeError(f"size '{it}' must be positive")
-        out.append((h, w))
+            it = f"{it[0]}x{it[1]}"
+        if str(it).strip():
+            out.append(parse_size(str(it).strip(), "size"))
     return list(dict.fromkeys(out))
 
 
@@ -108,7 +97,7 @@ def image_size(name: str) -> tuple[str, tuple[int, int]]:
     if n in IMAGES:
         return n, IMAGES[n]
     if "x" in n and n.replace("x", "").isdigit():
-        (h, w), = parse_size_list(n)
+        h, w = parse_size(n, "image size")
         return f"{h}x{w}", (h, w)
     n = look_up_option(n, list(IMAGES), "image size (a dataset name or HxW)")
     return n, IMAGES[n]
@@ -303,15 +292,7 @@ def run_job(job: dict) -> list[dict]:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def child_main(argv: list[str]) -> int:
@@ -569,9 +550,16 @@ def check_plan(plan: Plan) -> tuple[list[str], list[str]]:
     if plan.a72_proxy:
         from benchmarks.a72_proxy import check_rig, default_work
 
+        from benchmarks.peers import missing_converter, parse_peers
+
         check_rig(plan.a72_work or default_work())  # a missing rig fails here, before any export
-    elif plan.a72_cache or plan.a72_work:
-        raise EdgeError("--a72-cache and --a72-work go with --a72-proxy")
+        plan.a72_peers = parse_peers(plan.a72_peers) if plan.a72_peers else []
+        for p in plan.a72_peers:
+            reason = missing_converter(p)
+            if reason:
+                raise EdgeError(f"--a72-peers {p}: {reason}")
+    elif plan.a72_cache or plan.a72_work or plan.a72_peers:
+        raise EdgeError("--a72-cache, --a72-work and --a72-peers go with --a72-proxy")
     if plan.rpc_tracker:
         if not plan.rpc_key:
             raise EdgeError("--rpc-tracker needs --rpc-key KEY (the device key the board registered with)")
@@ -697,11 +685,14 @@ def _a72_proxy(arts: list[Artifact], plan: Plan, notes: list[str]) -> list[dict]
             log(f"note: {notes[-1]}")
             continue
         pkg = load_package(art.a72_package)
-        log(f"{what}: ONNX Runtime and TVM on the emulated Cortex-A72 (arm64proxy"
-            f"{', with the cache model' if plan.a72_cache else ''}; minutes)")
+        log(f"{what}: ONNX Runtime, TVM{''.join(', ' + p for p in plan.a72_peers)} on the emulated Cortex-A72 "
+            f"(arm64proxy{', with the cache model' if plan.a72_cache else ''}; minutes)")
         try:
+            from benchmarks.peers import convert
+
+            peers = {p: convert(p, pkg.onnx, list(pkg.input_shape)) for p in plan.a72_peers}
             got = measure(pkg.onnx, pkg.library, list(pkg.input_shape), plan.a72_work, mca=True,
-                          cache=plan.a72_cache, model=art.model, package=art.a72_package)
+                          cache=plan.a72_cache, model=art.model, package=art.a72_package, peers=peers)
         except EdgeError as exc:
             notes.append(f"{what}: the A72 proxy failed: {exc}")
             log(f"note: {notes[-1]}")
@@ -751,7 +742,9 @@ PARITY_TOL = 1e-4  # on probabilities, as edge-export gates every stage
 
 def attach_parity(recs: dict[str, dict], outputs: Path) -> None:
     """Each ok case's max |difference| to ONNX Runtime's output of the same input (logits and sigmoid
-    probabilities), under ``info.parity``; nothing when ONNX Runtime did not run."""
+    probabilities, :func:`export.onnx_stage.compare`), under ``info.parity``; nothing when ONNX Runtime did not run."""
+    from export.onnx_stage import compare
+
     ref_file = outputs / f"{PARITY_REFERENCE}.npy"
     if not ref_file.is_file():
         return
@@ -764,9 +757,9 @@ def attach_parity(recs: dict[str, dict], outputs: Path) -> None:
         if got.shape != ref.shape:
             d = {"reference": PARITY_REFERENCE, "error": f"output shape {list(got.shape)} vs {list(ref.shape)}"}
         else:
-            prob = float(np.abs(1 / (1 + np.exp(-got)) - 1 / (1 + np.exp(-ref))).max())
-            d = {"reference": PARITY_REFERENCE, "max_abs_diff_logits": float(np.abs(got - ref).max()),
-                 "max_abs_diff_prob": prob, "tolerance_prob": PARITY_TOL, "passed": prob <= PARITY_TOL}
+            p = compare(b, PARITY_REFERENCE, got, ref, tolerance=PARITY_TOL)
+            d = {"reference": PARITY_REFERENCE, "max_abs_diff_logits": p.max_abs_diff_logits,
+                 "max_abs_diff_prob": p.max_abs_diff, "tolerance_prob": PARITY_TOL, "passed": p.passed}
         rec.setdefault("info", {})["parity"] = d
         if not d.get("passed"):
             rec.setdefault("notes", []).append(f"output differs from {PARITY_REFERENCE}'s: {d}")

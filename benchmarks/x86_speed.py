@@ -4,8 +4,8 @@
 hand-written kernels of :mod:`export.schedules`), builds the same graph with TVM's default lowering, and then
 times single inferences round-robin (the engine order rotates every round), so machine noise hits every
 engine alike. Reports medians, ratios against ONNX Runtime measured in the same run, executed GMAC/s, and
-each engine's max |difference| to ONNX Runtime and to PyTorch. A whole-image row runs a large image through
-sliding-window tiling (:func:`edge.tiling.sliding_window_inference`) with each engine as the predictor.
+each engine's max |difference| of probabilities (:func:`export.onnx_stage.compare`) to ONNX Runtime and to
+PyTorch. A whole-image row runs a large image through sliding-window tiling (:func:`edge.tiling.sliding_window_inference`) with each engine as the predictor.
 
 An engine whose single inference exceeds ``--budget-s`` is timed fewer times (at least ``--min-samples``),
 so TVM's unscheduled default lowering does not hold the run for an hour.
@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from edge.errors import EdgeError, look_up_option, parse_size, run_parsed
 
 ENGINES = ("ort", "torch", "tvm-default", "tvm")
 
@@ -99,11 +101,13 @@ def _interleave(runs: dict, call, rounds: int, budget_s: float, min_samples: int
 
 
 def _rows(case: str, times: dict, outs: dict, macs: float, notes: dict) -> list[Row]:
+    from export.onnx_stage import compare
+
     med = {k: float(np.median(v)) for k, v in times.items()}
     rows = []
     for k, v in times.items():
-        d_ort = float(np.abs(outs[k].astype(np.float64) - outs["ort"]).max())
-        d_torch = float(np.abs(outs[k].astype(np.float64) - outs["torch"]).max()) if "torch" in outs else None
+        d_ort = compare(k, "ort", outs[k], outs["ort"]).max_abs_diff
+        d_torch = compare(k, "torch", outs[k], outs["torch"]).max_abs_diff if "torch" in outs else None
         rows.append(Row(case, k, len(v), med[k] * 1e3, float(np.percentile(v, 10)) * 1e3,
                         float(np.percentile(v, 90)) * 1e3, macs / med[k] / 1e9, med["ort"] / med[k], d_ort, d_torch,
                         notes.get(k, [])))
@@ -113,7 +117,7 @@ def _rows(case: str, times: dict, outs: dict, macs: float, notes: dict) -> list[
 def fmt(rows: list[Row], threads: int) -> str:
     lines = [f"x86 wall time, {threads} threads, engines interleaved (ratio = ONNX Runtime p50 / engine p50; "
              "> 1 is faster than ONNX Runtime)",
-             "| case | engine | samples | p50 ms | p10-p90 ms | GMAC/s | ratio vs ORT | max|diff| ORT | max|diff| torch |",
+             "| case | engine | samples | p50 ms | p10-p90 ms | GMAC/s | ratio vs ORT | max|dp| ORT | max|dp| torch |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dt = "" if r.max_abs_diff_vs_torch is None else f"{r.max_abs_diff_vs_torch:.1e}"
@@ -122,8 +126,9 @@ def fmt(rows: list[Row], threads: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.x86_speed", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", default="m2unet")
     ap.add_argument("--weights", help="checkpoint (default: shipped weights, else random)")
     ap.add_argument("--sizes", default="544,960", help="square input sides, comma separated (default 544,960)")
@@ -138,19 +143,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap-ms", type=float, default=50.0, help="idle time between calls (pool threads stop spinning)")
     ap.add_argument("--work", help="folder for the packages (default: a temporary one)")
     ap.add_argument("--json", help="write the rows here")
-    a = ap.parse_args(argv)
-    _threads_env(a.threads)
-    engines = [e.strip() for e in a.engines.split(",") if e.strip()]
-    for e in engines:
-        if e not in ENGINES:
-            print(f"error: unknown engine {e!r}; choices: {', '.join(ENGINES)}", file=sys.stderr)
-            return 2
+    return ap
 
-    import onnx
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(build_parser(), _run, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
+    engines = [look_up_option(e.strip(), ENGINES, "engine") for e in a.engines.split(",") if e.strip()]
+    sides = [parse_size(s.strip(), "--sizes") for s in a.sizes.split(",") if s.strip()]
+    if any(h != w for h, w in sides):
+        raise EdgeError(f"--sizes takes square sides such as 544,960, got '{a.sizes}'")
+    sizes = [h for h, _ in sides]
+    tiled = parse_size(a.tiled, "--tiled") if a.tiled else None
+    _threads_env(a.threads)
+
     import torch
 
     from edge.tiling import count_tiles, sliding_window_inference
     from export.complexity import count
+    from export.onnx_stage import load_onnx
     from export.pipeline import export_model
     from export.targets import get_target
     from export.tvm_stage import build_library
@@ -160,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     net = create_model(a.model, weights=a.weights).eval() if "torch" in engines else None
     spec = get_spec(a.model)
     rows: list[Row] = []
-    sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
-    tiled = tuple(int(v) for v in a.tiled.lower().split("x")) if a.tiled else None
     cases = [(s, (s, s)) for s in sizes] + ([(a.tile, None)] if tiled else [])
     built: dict[int, tuple] = {}
     for side, _ in cases:
@@ -174,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         lib_default = None
         if "tvm-default" in engines:
             lib_default = pkg.parent / f"{pkg.name}-default.so"
-            m = onnx.load(str(pkg / "model.onnx"))
+            m = load_onnx(pkg / "model.onnx")
             build_library(m, r.meta["input"]["name"], r.meta["input"]["shape"], get_target("x86_64"), lib_default,
                           hand_kernels=False)
-        macs = count(onnx.load(str(pkg / "model.onnx"))).macs
+        macs = count(load_onnx(pkg / "model.onnx")).macs
         built[side] = (pkg, lib_default, macs, r.meta)
     for side, full in cases:
         pkg, lib_default, macs, meta = built[side]
@@ -205,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                   a.threads), file=sys.stderr, flush=True)
     print(fmt(rows, a.threads))
     if a.json:
-        Path(a.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+        from edge.imageio import write_atomic
+
+        write_atomic(a.json, json.dumps([asdict(r) for r in rows], indent=1).encode())
     return 0
 
 

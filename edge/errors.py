@@ -1,10 +1,15 @@
-"""The one exception family of vessel-edge and the option lookup that names valid choices."""
+"""The one exception family of vessel-edge, the option parsers every command shares (a choice with a did-you-mean
+hint, an HxW size) and the CLI guard."""
 from __future__ import annotations
 
 import difflib
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 
 class EdgeError(Exception):
@@ -42,6 +47,27 @@ def look_up_option(value: str, choices: Iterable[str], what: str = "option") -> 
     close = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ";"
     raise EdgeError(f"unknown {what} '{value}'{hint} choices: {', '.join(options)}")
+
+
+def parse_size(text: str, option: str = "--size", minimum: int = 1) -> tuple[int, int]:
+    """``'544'`` or ``'544x960'`` (HxW) -> (H, W); ``option`` names the flag in the error, each side >= ``minimum``.
+
+    >>> parse_size("544x960")
+    (544, 960)
+    >>> parse_size("128")
+    (128, 128)
+    """
+    parts = str(text).strip().lower().split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims *= 2
+    if len(dims) != 2 or min(dims) < minimum:
+        least = f", at least {minimum}" if minimum > 1 else ""
+        raise EdgeError(f"{option} must look like 544 or 544x960 (HxW{least}), got '{text}'")
+    return dims[0], dims[1]
 
 
 EXIT_INTERRUPTED = 130
@@ -95,6 +121,15 @@ def run_cli(body: Callable[[], int], verbose: bool = False) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def run_parsed(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
+               argv: list[str] | None = None) -> int:
+    """A ``main(argv)`` in one line: add ``-v/--verbose`` to ``parser``, parse ``argv`` and run ``body(args)`` under
+    :func:`run_cli`."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    args = parser.parse_args(argv)
+    return run_cli(lambda: body(args), args.verbose)
 
 
 def _interrupted_exit() -> int:

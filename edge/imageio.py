@@ -10,7 +10,7 @@ import io
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -203,9 +203,9 @@ def current_umask() -> int:
     return mask
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place (never half a file)."""
-    path = Path(path)
+def _stage(path: Path, data: bytes) -> str:
+    """``data`` in a complete, fsynced temporary file beside ``path`` with an ordinary file's permissions (none
+    is left behind when that fails)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -218,16 +218,40 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         # mkstemp makes the file 0600; an output is a normal file: 0666 less the umask, like open() would make
         os.chmod(tmp, 0o666 & ~current_umask())
-        raise_if_interrupted()  # a Ctrl-C swallowed by a native library still keeps the output out
-        os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place (never half a file)."""
+    path = Path(path)
+    return write_files_atomic({path: data})[0]
+
+
+def write_files_atomic(files: Mapping[str | Path, bytes]) -> list[Path]:
+    """Write every file as :func:`write_atomic` does, but put none in place until all are written (a set of
+    outputs that belong together, such as a report, is either all new or all old)."""
+    paths = {Path(p): data for p, data in files.items()}
+    staged: dict[Path, str] = {}
+    try:
+        for path, data in paths.items():
+            staged[path] = _stage(path, data)
+        raise_if_interrupted()  # a Ctrl-C swallowed by a native library still keeps the outputs out
+        for path in list(staged):
+            os.replace(staged[path], path)
+            del staged[path]  # only once it is in place: a failed rename's temporary file is still removed below
+    except BaseException as exc:
+        for tmp in staged.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {path} ({exc.strerror}); free some space or choose another "
                              "output folder with -o") from exc
         raise
-    return path
+    return list(paths)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,29 @@ def host_arch() -> str:
     return _ARCH_ALIASES.get(m, m)
 
 
+# the distributions whose versions meta.json, benchmark runs and training runs record (key -> distribution)
+DISTRIBUTIONS = {"numpy": "numpy", "torch": "torch", "onnx": "onnx", "onnxsim": "onnxsim",
+                 "onnxruntime": "onnxruntime", "openvino": "openvino", "tvm": "apache-tvm",
+                 "tvm_ffi": "apache-tvm-ffi", "matplotlib": "matplotlib", "psutil": "psutil",
+                 "ncnn": "ncnn", "pnnx": "pnnx", "mnn": "MNN", "ai_edge_litert": "ai-edge-litert",
+                 "vessel_edge": "vessel-edge"}
+
+
+def versions(keys: tuple[str, ...] | None = None) -> dict[str, str | None]:
+    """Python's version and the installed version of each ``keys`` distribution (all of
+    :data:`DISTRIBUTIONS` by default; None when not installed), read from package metadata without importing
+    anything."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for key in DISTRIBUTIONS if keys is None else keys:
+        try:
+            out[key] = metadata.version(DISTRIBUTIONS[key])
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

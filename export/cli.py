@@ -14,8 +14,8 @@ DEFAULT_MAX_TILE_MPX = 2.5
 def plan_for_image(model: str, image_size: str, max_tile_mpx: float) -> tuple[tuple[int, int], dict]:
     """``--image-size``: the compiled tile for that image size (edge.tiling.plan_tile, the runtime's own tile
     layout) and the plan recorded in meta.json."""
+    from edge.errors import parse_size
     from edge.tiling import plan_tile
-    from export.pipeline import parse_size
 
     if model.lower().endswith(".onnx"):
         raise EdgeError("--image-size needs a registered model (its overlap and divisor come from its spec); for "
@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from export.pipeline import export_model, fmt_summary, parse_size
+        from edge.errors import parse_size
+        from export.pipeline import export_model, fmt_summary
 
-        input_size = parse_size(args.input_size) if args.input_size else None
+        input_size = parse_size(args.input_size, "--input-size") if args.input_size else None
         plan = None
         if args.image_size:
             if input_size:

@@ -2,7 +2,8 @@
 
 Written by hand: the existing counters (thop, fvcore, ptflops) count torch modules, not ONNX graphs, and
 the package records what the deployed graph costs. Convolutions (grouped/depthwise included), ConvTranspose,
-MatMul and Gemm make the headline; everything else is counted per operator type on the side.
+MatMul and Gemm make the headline; everything else is counted per operator type on the side. The one counter
+of the project: the package metadata and the benchmark reports (:mod:`benchmarks.complexity`) both use it.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
+
+from edge.errors import EdgeError
 
 HEADLINE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # per output element: cost of the cheap ops, counted apart from the headline
@@ -32,24 +35,39 @@ class Complexity:
 
 
 def _shapes(m: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every known tensor shape; a dimension shape inference could not fix is 0."""
     inferred = shape_inference.infer_shapes(m)
     out: dict[str, list[int]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        out[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        out[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
     for init in m.graph.initializer:
         out[init.name] = list(init.dims)
     return out
 
 
+def _sized(shape: list[int] | None) -> bool:
+    return bool(shape) and min(shape) > 0  # type: ignore[type-var]
+
+
 def count(m: onnx.ModelProto) -> Complexity:
+    """Parameters and MACs of ``m`` (fixed input shapes; see ``benchmarks.complexity.fix_input_shape``).
+
+    Raises :class:`EdgeError` when shape inference leaves a headline operator (or its weight) without a
+    concrete shape: it would silently count as 0. A shapeless cheap operator is left out of ``other_ops``.
+    """
     shapes = _shapes(m)
     params = int(sum(np.prod(i.dims) for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT))
-    consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     macs: Counter[str] = Counter()
     other: Counter[str] = Counter()
+    unknown: list[str] = []
     for n in m.graph.node:
         out = shapes.get(n.output[0]) if n.output else None
-        if not out:
+        if n.op_type in HEADLINE_OPS:
+            operands = [shapes.get(n.input[i]) for i in (0, 1)] if len(n.input) > 1 else [None]
+            if not (_sized(out) and all(_sized(s) for s in operands)):
+                unknown.append(f"{n.op_type} {n.name or (n.output[0] if n.output else '?')}")
+                continue
+        elif not out:
             continue
         nout = int(np.prod(out))
         if n.op_type == "Conv":
@@ -67,5 +85,7 @@ def count(m: onnx.ModelProto) -> Complexity:
             macs[n.op_type] += nout * k
         else:
             other[n.op_type] += nout * ELEMENTWISE_COST.get(n.op_type, 1)
-    del consts
+    if unknown:
+        raise EdgeError(f"shape inference could not size {len(unknown)} operator(s) ({', '.join(unknown[:3])}); "
+                        "their MACs cannot be counted; export the graph with a fixed input shape")
     return Complexity(params, int(sum(macs.values())), dict(macs), dict(other))

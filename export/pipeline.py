@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata as md
 import platform
 import sys
 import tempfile
@@ -35,31 +34,6 @@ class ExportResult:
     meta: dict
     stages: list[Stage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for key, dist in [("torch", "torch"), ("onnx", "onnx"), ("onnxsim", "onnxsim"), ("onnxruntime", "onnxruntime"),
-                      ("tvm", "apache-tvm"), ("tvm_ffi", "apache-tvm-ffi"), ("vessel_edge", "vessel-edge")]:
-        try:
-            out[key] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[key] = None
-    return out
-
-
-def parse_size(text: str, option: str = "--input-size") -> tuple[int, int]:
-    """``'544'`` or ``'544x960'`` (HxW); ``option`` names the flag in the error."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        raise EdgeError(f"{option} must look like 544 or 544x960 (HxW), got '{text}'") from None
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) <= 0:
-        raise EdgeError(f"{option} must look like 544 or 544x960 (HxW), got '{text}'")
-    return dims[0], dims[1]
 
 
 def default_weights(model: str) -> Path | None:
@@ -233,8 +207,8 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                        "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
                        "tuning_key": tuning_key(preset)},
             "tuning": {"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks,
-                       "hand_kernels": compiled.hand_kernels},
-            "versions": _versions(),
+                       "hand_kernels": compiled.hand_kernels, "default_lowering": list(compiled.default_kernels)},
+            "versions": pkgfmt.versions(("torch", "onnx", "onnxsim", "onnxruntime", "tvm", "tvm_ffi", "vessel_edge")),
             "host": {"machine": platform.machine(), "cpu": _host_cpu_name()},
             "parity": parity,
             "complexity": complexity.to_meta(),
@@ -277,8 +251,10 @@ def fmt_summary(r: ExportResult) -> str:
     lines.append("parity   " + "; ".join(f"{p['stage']} vs {p['reference']}: {p['max_abs_diff']:.1e}"
                                         for p in r.meta["parity"]))
     t = r.meta["tuning"]
+    left = t.get("default_lowering") or []
     lines.append(f"tuning   {t['database'] or 'no database'}: {t['tuned_kernels']} tuned kernels, "
-                 f"{t['hand_kernels']} hand-written")
+                 f"{t['hand_kernels']} hand-written, {len(left)} on TVM's default lowering (unscheduled, slow)"
+                 + (f": {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""))
     if r.meta["model"].get("untrained"):
         lines.append("WARNING  untrained (random) weights: this package does not segment vessels")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ class Compiled:
     tuning_db: str | None
     tuned_tasks: int  # fused TIR functions that got a schedule from the database
     hand_kernels: int = 0  # fused TIR functions replaced by a hand-written kernel (export.schedules)
+    default_kernels: tuple[str, ...] = ()  # fused TIR functions neither hand-written nor tuned: TVM's default lowering
 
 
 def import_onnx(m: onnx.ModelProto, input_name: str, shape: list[int]):
@@ -102,11 +103,14 @@ def build_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset:
     target = preset.tvm_target(cuda_arch)
     mod = import_onnx(m, input_name, shape)
     tuned = hand = 0
+    left: tuple[str, ...] = ()
     if preset.device == "cuda":
         ex = tvm.compile(mod, target=target)  # the GPU pipeline schedules with dlight
     else:
         mod, tuned, report = lower(mod, target, database_dir, hand_kernels=hand_kernels)
         hand = report.count
+        done = _scheduled(mod)
+        left = tuple(sorted(n for n in report.default if n not in done))
         ex = tvm.compile(mod, target=target)
     try:
         if preset.cross_compiler:
@@ -116,7 +120,7 @@ def build_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset:
     except Exception as exc:  # linker failures come back as RuntimeError with the compiler's output
         raise EdgeError(f"linking the library for {preset.name} failed: {str(exc).splitlines()[0][:200]}") from exc
     return Compiled(out, {**preset.resolved_target(cuda_arch), "str": str(target)},
-                    str(database_dir) if database_dir else None, tuned, hand)
+                    str(database_dir) if database_dir else None, tuned, hand, left)
 
 
 def run_library(library: Path, x: np.ndarray, device: str = "cpu") -> np.ndarray:

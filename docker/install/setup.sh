@@ -28,11 +28,26 @@ fi
 stamp=.venv/.vessel-edge-installed
 want="$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]] ||
-   ! .venv/bin/python -c "import torch, onnx, onnxsim, onnxruntime, tvm, cv2, skimage, models, edge, export" 2>/dev/null; then
+   ! .venv/bin/python -c "import torch, onnx, onnxsim, onnxruntime, tvm, cv2, skimage, ncnn, MNN, ai_edge_litert, models, edge, export" 2>/dev/null; then
   say "installing the project into .venv (pip install -e '.[dev]')"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
+fi
+
+# 2b. onnx2tf (ONNX -> TFLite, for the LiteRT XNNPACK peer of edge-bench) in its own venv: TensorFlow's pins clash
+#     with TVM's. Pinned by versions.env; redone when that line changes.
+# shellcheck source=SCRIPTDIR/versions.env
+source "$here/versions.env"
+tf_stamp=.venv-onnx2tf/.vessel-edge-installed
+tf_want="$(printf '%s' "$ONNX2TF_PIP" | sha256sum | cut -c1-16)"
+if [[ "$(cat "$tf_stamp" 2>/dev/null)" != "$tf_want" ]] || [[ ! -x .venv-onnx2tf/bin/onnx2tf ]]; then
+  say "installing onnx2tf into .venv-onnx2tf (the TFLite converter; ~1.4 GB with TensorFlow)"
+  [[ -x .venv-onnx2tf/bin/python ]] || python3 -m venv .venv-onnx2tf
+  # word-splitting of the pin list is intended
+  # shellcheck disable=SC2086
+  .venv-onnx2tf/bin/python -m pip install -q $ONNX2TF_PIP
+  echo "$tf_want" > "$tf_stamp"
 fi
 
 # 3. The emulated RK3399 userland (arm64 Debian under QEMU user-mode), provisioned by the device image's script.
@@ -57,6 +72,6 @@ edge-run "$out/retina.png" --package "$root/packages/m2unet-x86_64" -o "$out/hos
 say "segmenting it again inside the emulated arm64 userland (QEMU) with the aarch64 package"
 $SUDO bash "$root/docker/arm64-userland.sh" run -- edge-run "$out/retina.png" --package "$root/packages/m2unet-arm64" \
   -o "$out/arm64"
-say "benchmarking PyTorch, ONNX Runtime, OpenVINO and TVM at 544x544, interleaved (report in $out/bench)"
-edge-bench m2unet --sizes 544 --backends torch,onnxruntime,openvino,tvm --interleave "${weights[@]}" -o "$out/bench"
+say "benchmarking PyTorch, ONNX Runtime, OpenVINO, ncnn, MNN, LiteRT XNNPACK and TVM at 544x544, interleaved (report in $out/bench)"
+edge-bench m2unet --sizes 544 --backends torch,onnxruntime,openvino,ncnn,mnn,tflite,tvm --interleave "${weights[@]}" -o "$out/bench"
 say "done: outputs in $out"

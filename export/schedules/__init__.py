@@ -25,7 +25,7 @@ class Report:
     scheduled: dict[str, str] = field(default_factory=dict)  # function name -> kernel kind
     failed: dict[str, str] = field(default_factory=dict)  # recognised, but the kernel did not build
     default: list[str] = field(default_factory=list)  # left to the default lowering
-    graph_rewrites: int = 0  # ops replaced before legalization (x2 upsample + concat)
+    graph_rewrites: int = 0  # ops replaced before legalization (x2 upsample + concat, transposed convolutions)
     fused: list[str] = field(default_factory=list)  # conv chains streamed row by row (export.schedules.fused)
     matches: dict = field(default_factory=dict)  # function name -> ConvMatch, as FuseTIR made them
 
@@ -105,15 +105,20 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
 
 
 def rewrite_graph(mod, target) -> tuple[object, int]:
-    """Relax-level rewrites that must see op attributes (before legalization): x2 upsample + concat."""
-    from export.schedules.graph import rewrite_upsample_concat
+    """Relax-level rewrites that must see op attributes (before legalization): x2 upsample + concat, and
+    transposed convolutions in sub-pixel form. Returns the module and how many ops were rewritten."""
+    from export.schedules.graph import rewrite_conv_transpose, rewrite_upsample_concat
 
-    try:
-        return rewrite_upsample_concat(mod, cpu_of(target))
-    except Exception as exc:  # never break an export over an optimisation: keep the graph, say so
-        print(f"notice: the upsample+concat rewrite failed and is skipped ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0][:160]})", file=sys.stderr)
-        return mod, 0
+    total = 0
+    for what, rewrite in (("upsample+concat", lambda m: rewrite_upsample_concat(m, cpu_of(target))),
+                          ("transposed-convolution", rewrite_conv_transpose)):
+        try:
+            mod, n = rewrite(mod)
+            total += n
+        except Exception as exc:  # never break an export over an optimisation: keep the graph, say so
+            print(f"notice: the {what} rewrite failed and is skipped ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:160]})", file=sys.stderr)
+    return mod, total
 
 
 def fuse(mod, target, report: Report):

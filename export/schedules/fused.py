@@ -130,6 +130,8 @@ def fusable(m1: ConvMatch, m2: ConvMatch, m3: ConvMatch, upcat_bytes: int = 0) -
         return False
     if (m2.cin, m2.h, m2.wd) != (m1.cout, m1.ho, m1.wo) or (m3.cin, m3.h, m3.wd) != (m2.cout, m2.ho, m2.wo):
         return False
+    if any((m.dil_h, m.dil_w) != (1, 1) for m in (m1, m2, m3)):  # the ring buffer streams undilated windows
+        return False
     if any(op.operand == "tensor" for op in m1.epilogue + m2.epilogue):
         return False
     if m1.kind == "dense" and 4 * m1.cin * m1.kh * m1.sw * (m1.wo + (m1.kw - 1) // m1.sw + 1) > STAGE_BYTES:

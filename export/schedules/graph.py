@@ -89,3 +89,93 @@ def rewrite_upsample_concat(mod, cpu: Cpu):
     if rw.count:
         out = relax.transform.DeadCodeElimination()(out)
     return out, rw.count
+
+
+def subpixel_plan(h: int, hout: int, s: int, p: int, k: int) -> tuple[int, int, int, list[tuple[int, int, int]]] | None:
+    """One axis of a transposed convolution as a stride-1 convolution over its input with ``s`` output phases:
+    output ``s * q + a`` reads input rows ``q + d``. Returns (kernel size, pad before, pad after, taps
+    [(phase a, tap ky, dy)]) or None when the output is not ``s`` whole phases or would need cropping."""
+    if hout % s:
+        return None
+    taps = [(a, ky, (a + p - ky) // s) for a in range(s) for ky in range(k) if (a + p - ky) % s == 0]
+    if not taps:
+        return None
+    d0, d1 = min(d for *_, d in taps), max(d for *_, d in taps)
+    before, after = -d0, hout // s - h + d1
+    if before < 0 or after < 0:
+        return None
+    return d1 - d0 + 1, before, after, [(a, ky, d - d0) for a, ky, d in taps]
+
+
+def subpixel_weight(w, sh: int, sw: int, rows: list, cols: list, kh: int, kw: int):
+    """The (Cout * sh * sw, Cin, kh, kw) weight of the stride-1 convolution computing every output phase of a
+    transposed convolution with (Cin, Cout, KH, KW) weight ``w``; channel (o * sh + a) * sw + b is phase (a, b)."""
+    import numpy as np
+
+    cin, cout = w.shape[:2]
+    out = np.zeros((cout, sh, sw, cin, kh, kw), dtype=w.dtype)
+    for a, ky, dy in rows:
+        for b, kx, dx in cols:
+            out[:, a, b, :, dy, dx] = w[:, :, ky, kx].T
+    return out.reshape(cout * sh * sw, cin, kh, kw)
+
+
+def rewrite_conv_transpose(mod):
+    """Replace NCHW transposed convolutions with constant weights (groups 1, no dilation) by the sub-pixel form:
+    one stride-1 convolution computing all ``sh * sw`` output phases, then a depth-to-space reshape. The
+    convolution gets a hand-written kernel (pointwise for kernel = stride, dense otherwise); TVM has no schedule
+    for conv2d_transpose. Exact: every phase sums the same products (zero taps where a phase has fewer)."""
+    import numpy as np
+    from tvm import relax
+    from tvm.ir import Constant, Op
+    from tvm.relax import expr_functor
+
+    @expr_functor.mutator
+    class _Rewriter(expr_functor.PyExprMutator):
+        def __init__(self, m):
+            super().__init__(m)
+            self.count = 0
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not isinstance(call.op, Op) or call.op.name != "relax.nn.conv2d_transpose":
+                return call
+            a = call.attrs
+            x, w = call.args
+            wc = self.lookup_binding(w) if isinstance(w, relax.Var) else w
+            shape_in, shape_out = _static_shape(x.ty), _static_shape(call.ty)
+            try:
+                ok = (str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "IOHW"
+                      and str(a.out_layout) in ("NCHW", "") and int(a.groups) == 1
+                      and all(int(v) == 1 for v in a.dilation) and (a.out_dtype is None
+                                                                    or str(a.out_dtype) in ("", "float32")))
+            except (AttributeError, TypeError, ValueError):
+                return call
+            if not ok or not isinstance(wc, Constant) or shape_in is None or shape_out is None \
+                    or shape_in[0] != 1 or str(wc.value.dtype) != "float32":
+                return call
+            wt = wc.value.numpy()
+            sh, sw = (int(v) for v in a.strides)
+            pad = [int(v) for v in a.padding]
+            pt, pl = pad[0], pad[1]
+            rows = subpixel_plan(shape_in[2], shape_out[2], sh, pt, wt.shape[2])
+            cols = subpixel_plan(shape_in[3], shape_out[3], sw, pl, wt.shape[3])
+            if rows is None or cols is None:
+                return call
+            (kh, bt, bb, rtaps), (kw, bl, br, ctaps) = rows, cols
+            cout, hq, wq = shape_out[1], shape_out[2] // sh, shape_out[3] // sw
+            weight = relax.const(np.ascontiguousarray(subpixel_weight(wt, sh, sw, rtaps, ctaps, kh, kw)))
+            y = relax.op.nn.conv2d(x, weight, strides=1, padding=(bt, bl, bb, br))
+            y = relax.op.reshape(y, (1, cout, sh, sw, hq, wq))
+            y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
+            self.count += 1
+            return relax.op.reshape(y, (1, cout, hq * sh, wq * sw))
+
+    rw = _Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rw.builder_.update_func(gv, rw.visit_expr(func))
+    out = rw.builder_.finalize()
+    if rw.count:
+        out = relax.transform.DeadCodeElimination()(out)
+    return out, rw.count

@@ -197,13 +197,26 @@ def pointwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
 
 # --------------------------------------------------------------------------------- row staging (shared)
 
-def _stage_rows(code: _Code, m: ConvMatch, rows: str, c: str, y: str, base: str, L: int, nrows: int) -> None:
-    """Copy the ``nrows`` input rows from ``y * sh - ph`` on into ``rows[base + (r * sw + q) * L + j]``, zero
-    padded, split by column phase q (stride sw): tap kx of output x then reads ``[(r, kx % sw), x + kx // sw]``,
-    contiguous in x for every stride."""
+def _row_span(m: ConvMatch) -> int:
+    """L: the staged columns per phase that one output row's taps read (``kx * dil_w`` past its first)."""
+    return m.wo + (m.kw - 1) * m.dil_w // m.sw + 1
+
+
+def _tap(m: ConvMatch, kx: str) -> tuple[str, str]:
+    """(phase, offset) of column tap ``kx`` in the phase-split rows: input column x * sw + kx * dil_w."""
+    if m.dil_w == 1:
+        return f"{kx} % {m.sw}", f"{kx} // {m.sw}"
+    return f"({kx} * {m.dil_w}) % {m.sw}", f"({kx} * {m.dil_w}) // {m.sw}"
+
+
+def _stage_rows(code: _Code, m: ConvMatch, rows: str, c: str, y: str, base: str, L: int, nrows: int,
+                row_step: int = 1) -> None:
+    """Copy the ``nrows`` input rows ``y * sh - ph + r * row_step`` (``row_step``: the row dilation, 1 = consecutive
+    rows) into ``rows[base + (r * sw + q) * L + j]``, zero padded, split by column phase q (stride sw): tap kx of
+    output x then reads ``[(r, phase), x + offset]`` (:func:`_tap`), contiguous in x for every stride."""
     s, W, H = m.sw, m.wd, m.h
     with code.block(f"for r in T.unroll({nrows}):"):
-        code(f"iy = {y} * {m.sh} + r - {m.ph}")
+        code(f"iy = {y} * {m.sh} + r * {row_step} - {m.ph}" if row_step > 1 else f"iy = {y} * {m.sh} + r - {m.ph}")
         with code.block(f"if iy >= 0 and iy < {H}:"):
             src = f"f{m.x}[(({c}) * {H} + iy) * {W} + "
             span = [(max(0, -(-(m.pw - q) // s)), None) for q in range(s)]  # first j with j*s + q - pw >= 0
@@ -242,8 +255,8 @@ def depthwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
     v, kk = _fit_vector(Wo, cpu.lanes, 4 if cpu.lanes <= 4 else 2)
     xv = v * kk
     nxt = -(-Wo // xv)
-    L = Wo + (m.kw - 1) // s + 1
-    R = 2 if Ho >= 2 else 1  # output rows per pass
+    L = _row_span(m)
+    R = 2 if Ho >= 2 and m.dil_h == 1 else 1  # output rows per pass (dilated rows: one, its taps' rows staged)
     nin = (R - 1) * m.sh + m.kh  # input rows they read
     npass = -(-Ho // R)
     nyb = max(1, min(npass, -(-8 * cpu.threads // C)))  # row blocks: enough parallel work when C is small
@@ -260,7 +273,7 @@ def depthwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
             code(f"p = (cy % {nyb}) * {pb} + pi" if nyb > 1 else "p = pi")
             with code.block(f"if p < {npass}:" if nyb * pb != npass else "if True:"):
                 code(f"y = T.min(p * {R}, {Ho - R})")  # the last pass shifts back onto the last rows
-                _stage_rows(code, m, "rows", "c", "y", "0", L, nin)
+                _stage_rows(code, m, "rows", "c", "y", "0", L, nin, m.dil_h)
                 with code.block(f"for xt in range({nxt}):"):
                     code(f"x0 = T.min(xt * {xv}, {Wo - xv})" if nxt > 1 else "x0 = 0")
                     with code.block(f"for i in T.unroll({R}):"):
@@ -270,8 +283,9 @@ def depthwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
                         with code.block(f"for ky in T.unroll({m.kh}):"):
                             with code.block(f"for kx in T.unroll({m.kw}):"):
                                 with _Vec(code, v, kk):
-                                    code(f"acc[i, j] = acc[i, j] + rows[((i * {m.sh} + ky) * {s} + kx % {s}) * {L} + x0"
-                                         f" + kx // {s} + j] * f{m.w}[c * {taps} + ky * {m.kw} + kx]")
+                                    q, o = _tap(m, "kx")
+                                    code(f"acc[i, j] = acc[i, j] + rows[((i * {m.sh} + ky) * {s} + {q}) * {L} + x0"
+                                         f" + {o} + j] * f{m.w}[c * {taps} + ky * {m.kw} + kx]")
                     with code.block(f"for i in T.unroll({R}):"):
                         with _Vec(code, v, kk):
                             sp = f"(y + i) * {Wo} + x0 + j"
@@ -281,19 +295,21 @@ def depthwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
 
 # ------------------------------------------------------------------------------------------ dense KxK
 
-STAGE_BYTES = 96 * 1024  # staged input rows of one output row; larger convolutions keep the default
+STAGE_BYTES = 96 * 1024  # staged input rows of one output row on the stack (what fused chains stage too) ...
+HEAP_STAGE_BYTES = 4 * 1024 * 1024  # ... up to this in a workspace buffer (a U-Net decoder's 1024 channels: 860 KB)
 
 
 def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     """Dense KxK convolution, direct: per output row the Cin x KH input rows are staged (zero padded,
     phase split), then register tiles of ``cb`` output channels x a row segment accumulate Cin x KH x KW.
-    Returns None when the staged rows would not fit ``STAGE_BYTES``."""
+    Returns None when the staged rows would not fit ``HEAP_STAGE_BYTES``."""
     K, M, Ho, Wo = m.cin, m.cout, m.ho, m.wo
     s = m.sw
-    L = Wo + (m.kw - 1) // s + 1
+    L = _row_span(m)
     per_ci = m.kh * s * L
-    if 4 * K * per_ci > STAGE_BYTES:
+    if 4 * K * per_ci > HEAP_STAGE_BYTES:
         return None
+    scope = "local" if 4 * K * per_ci <= STAGE_BYTES else "global"  # beyond a stack's comfort: the workspace
     if cpu.lanes >= 16:
         cb, kk = 8, 3
     elif cpu.vregs >= 32:
@@ -308,9 +324,9 @@ def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     code = _Code()
     _header(code, name, m)
     with code.block(f"for y in T.parallel({Ho}):"):
-        code(f'rows = T.decl_buffer(({K * per_ci},), "float32", scope="local")')
+        code(f'rows = T.decl_buffer(({K * per_ci},), "float32", scope="{scope}")')
         with code.block(f"for ci in range({K}):"):
-            _stage_rows(code, m, "rows", "ci", "y", f"ci * {per_ci}", L, m.kh)
+            _stage_rows(code, m, "rows", "ci", "y", f"ci * {per_ci}", L, m.kh, m.dil_h)
         for m0, nrow, nblk in ((0, cb, M // cb), ((M // cb) * cb, M % cb, 1)):
             if nrow == 0 or nblk == 0:
                 continue
@@ -327,9 +343,10 @@ def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
                         with code.block(f"for ky in T.unroll({m.kh}):"):
                             with code.block(f"for kx in T.unroll({m.kw}):"):
                                 with code.block(f"for i in T.unroll({nrow}):"):
+                                    q, o = _tap(m, "kx")
                                     with _Vec(code, v, kk):
-                                        code(f"acc[i, j] = acc[i, j] + rows[ci * {per_ci} + (ky * {s} + kx % {s}) * {L}"
-                                             f" + x0 + kx // {s} + j] * f{m.w}[(({ch}) * {K} + ci) * {taps} + ky * "
+                                        code(f"acc[i, j] = acc[i, j] + rows[ci * {per_ci} + (ky * {s} + {q}) * {L}"
+                                             f" + x0 + {o} + j] * f{m.w}[(({ch}) * {K} + ci) * {taps} + ky * "
                                              f"{m.kw} + kx]")
                     with code.block(f"for i in T.unroll({nrow}):"):
                         with _Vec(code, v, kk):

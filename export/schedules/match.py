@@ -43,6 +43,8 @@ class ConvMatch:
     pw: int
     epilogue: tuple[EpiOp, ...]
     shapes: tuple[tuple[int, ...], ...]  # every parameter's shape, in order
+    dil_h: int = 1  # dilation: tap ky reads input row y * sh + ky * dil_h - ph
+    dil_w: int = 1
 
     @property
     def macs(self) -> int:
@@ -157,6 +159,17 @@ def _trivial(realize) -> list[tuple[str, int, str]]:
 
 # ---------------------------------------------------------------------------------------------- matcher
 
+def _step_and_dilation(lin: dict, out_var, tap_var, taps: int, what: str) -> tuple[int, int]:
+    """(stride, dilation) of an input index ``stride * out + dilation * tap`` (no offset: padding is a buffer)."""
+    nz = {k: c for k, c in lin.items() if c}
+    step = nz.pop(out_var, 0)
+    coef = nz.pop(tap_var, 0)
+    dil = coef if taps > 1 else 1  # a single tap reads at 0, whatever its coefficient
+    if nz:
+        raise _NoMatch(f"{what} index (offset)")
+    return step, dil
+
+
 def match_conv(func) -> ConvMatch | None:
     """The convolution ``func`` computes, or None when it is not one of the recognised forms."""
     try:
@@ -181,12 +194,13 @@ def _match_conv(func) -> ConvMatch:
         raise _NoMatch("no root block")
     blocks = _realizes(root.block.body, [])
     allocs = list(root.block.alloc_buffers)
-    if len(blocks) < 2:
-        raise _NoMatch("too few blocks")
+    if not blocks:
+        raise _NoMatch("no blocks")
 
     i = 0
     pad = None
-    if blocks[0].block.init is None and len(_trivial(blocks[0])) == 4 and blocks[1].block.init is not None:
+    if len(blocks) > 1 and blocks[0].block.init is None and len(_trivial(blocks[0])) == 4 \
+            and blocks[1].block.init is not None:
         pad = blocks[0]
         i = 1
     conv = blocks[i]
@@ -247,7 +261,8 @@ def _match_conv(func) -> ConvMatch:
         raise _NoMatch("batch")
     st = conv.block.body
     cbuf = st.buffer
-    if _param_index(params, cbuf) is not None or not any(a.same_as(cbuf) for a in allocs):
+    bare = not epis  # a convolution without epilogue writes the output parameter itself
+    if (_param_index(params, cbuf) is not None) != bare or not (bare or any(a.same_as(cbuf) for a in allocs)):
         raise _NoMatch("conv writes a parameter")
     if not all(_is(ix, {nm: 1}) for ix, nm in zip(st.indices, (nn, ff, yy, xx))):
         raise _NoMatch("conv store index")
@@ -285,13 +300,10 @@ def _match_conv(func) -> ConvMatch:
     if not _is(xidx[0], {nn: 1}):
         raise _NoMatch("input batch index")
     rows, cols = _linear(xidx[2]), _linear(xidx[3])
-    sh, sw = rows.get(yy, 0), cols.get(xx, 0)
-    if {k: c for k, c in rows.items() if c} != {yy: sh, ry: 1}:
-        raise _NoMatch("row index (dilation or offset)")
-    if {k: c for k, c in cols.items() if c} != {xx: sw, rx: 1}:
-        raise _NoMatch("column index (dilation or offset)")
-    if sh < 1 or sw < 1:
-        raise _NoMatch("stride")
+    sh, dh = _step_and_dilation(rows, yy, ry, kh, "row")
+    sw, dw = _step_and_dilation(cols, xx, rx, kw, "column")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1:
+        raise _NoMatch("stride or dilation")
     if shapes[wi] != (cout, nrc, kh, kw):
         raise _NoMatch("weight shape")
     if _is(xidx[1], {rc: 1}) and nrc == cin:
@@ -302,7 +314,7 @@ def _match_conv(func) -> ConvMatch:
         raise _NoMatch("grouping")
     hp = h + 2 * ph if pad is None else int(_trivial(pad)[2][1])
     wp = wd + 2 * pw if pad is None else int(_trivial(pad)[3][1])
-    if (ho - 1) * sh + kh > hp or (wo - 1) * sw + kw > wp:
+    if (ho - 1) * sh + (kh - 1) * dh + 1 > hp or (wo - 1) * sw + (kw - 1) * dw + 1 > wp:
         raise _NoMatch("output larger than the padded input")
 
     # the epilogue: a chain of elementwise blocks, each reading the previous one's buffer
@@ -322,13 +334,11 @@ def _match_conv(func) -> ConvMatch:
         last = k == len(epis) - 1
         if last != (_param_index(params, prev) is not None):
             raise _NoMatch("epilogue writes")
-    if not epis:
-        raise _NoMatch("the convolution writes no parameter")
     out = _param_index(params, prev)
     if out != len(params) - 1 or shapes[out] != out_shape:
         raise _NoMatch("output parameter")
     return ConvMatch(kind, x, wi, out, cin, h, wd, cout, ho, wo, kh, kw, sh, sw, ph, pw, tuple(ops),
-                     tuple(shapes))
+                     tuple(shapes), dh, dw)
 
 
 def _bounds(cond) -> dict[str, tuple[int, int]]:

@@ -15,8 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 AGREEMENT_SIZES = (544, 768, 1024)
 RECIPE = {"epochs": 40, "patch": 256, "patches_per_image": 16, "batch_size": 4, "val_fraction": 0.2, "seed": 0}
 
@@ -32,6 +30,7 @@ def agreement(weights: str | Path, reference: str | Path, sizes: tuple[int, ...]
 
     from edge.fov import estimate_fov
     from edge.metrics import confusion
+    from edge.segment import Preprocess
     from models import create_model
 
     ours = create_model(model, weights=weights)
@@ -43,7 +42,7 @@ def agreement(weights: str | Path, reference: str | Path, sizes: tuple[int, ...]
         fov = estimate_fov(img)
         if bottom_half:
             fov[: s // 2] = False
-        x = torch.from_numpy(img.astype(np.float32).transpose(2, 0, 1)[None] / 255.0)
+        x = torch.from_numpy(Preprocess.from_spec(ours.spec).image(img))  # the runtime's scaling of the spec
         with torch.no_grad():
             a = torch.sigmoid(ours(x))[0, 0].numpy() > 0.5
             b = torch.sigmoid(ref(x))[0, 0].numpy() > 0.5
@@ -51,7 +50,7 @@ def agreement(weights: str | Path, reference: str | Path, sizes: tuple[int, ...]
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m models.train.default_weights", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/m2unet-cc0", help="run folder for training")
@@ -64,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
                          "the agreement on the unseen bottom half")
     ap.add_argument("--reference", default=str(Path(__file__).resolve().parents[3] / "shared" / "models" / "m2unet"
                                                / "M2UNetDRIVE.pth"), help="the yardstick checkpoint")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.errors import run_parsed
+
+    return run_parsed(build_parser(), _run, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.measure:
         print(json.dumps({"all": agreement(args.measure, args.reference),
                           "bottom_half": agreement(args.measure, args.reference, bottom_half=True)}, indent=2))

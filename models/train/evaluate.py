@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError, look_up_option, run_cli
+from edge.errors import EdgeError, look_up_option, parse_size, run_cli
 from edge.imageio import IMAGE_SUFFIXES, output_folder, write_atomic
 from models.train import metrics as M
 from models.train.datasets import Loaded, Sample, load_sample, load_split
@@ -311,12 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from models.train.datasets import DATASETS, SPLITS
-        from models.train.trainer import _size
 
         dataset = look_up_option(args.dataset, DATASETS, "dataset")
         kw = {}
         if dataset == "synthetic":
-            kw = {"count": args.synthetic_count, "size": _size(args.synthetic_size)}
+            kw = {"count": args.synthetic_count, "size": parse_size(args.synthetic_size, "--synthetic-size", 16)}
         r = evaluate(args.source, dataset, args.data, look_up_option(args.split, SPLITS, "split"), args.model,
                      args.out, args.threshold, args.threshold_from_train, args.backend, args.threads,
                      not args.no_connectivity, **kw)

@@ -4,19 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from edge.segment import Preprocess
 from edge.tiling import sliding_window_inference
 
 
 def _ceil_to(n: int, d: int) -> int:
     return -(-n // d) * d
-
-
-def preprocess(image_rgb: np.ndarray, spec) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> float32 (3, H, W) scaled as the spec says: (x / 255 - mean) / std."""
-    x = image_rgb.astype(np.float32).transpose(2, 0, 1) / 255.0
-    mean = np.asarray(spec.mean, np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec.std, np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((x - mean) / std)
 
 
 @torch.no_grad()
@@ -42,4 +35,5 @@ def predict_prob(model: torch.nn.Module, image_rgb: np.ndarray, tile: tuple[int,
             out = out[-1]
         return torch.sigmoid(out).numpy()
 
-    return sliding_window_inference(preprocess(image_rgb, spec), run, (th, tw), ov, d, blend)[0]
+    x = Preprocess.from_spec(spec).image(image_rgb)[0]  # the runtime's scaling (edge.segment), of the spec
+    return sliding_window_inference(x, run, (th, tw), ov, d, blend)[0]

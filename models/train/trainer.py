@@ -31,14 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.errors import EdgeError, run_cli
+from edge.errors import EdgeError, parse_size, run_cli
 from edge.imageio import output_folder, write_atomic
 from edge.metrics import Confusion, confusion
+from edge.package import versions
+from edge.segment import Preprocess
 from models.train import augment as aug
 from models.train.datasets import DATASETS, Loaded, load_sample, load_split
 from models.train.losses import LOSSES
 from models.train.metrics import Histogram
-from models.train.predict import predict_prob, preprocess
+from models.train.predict import predict_prob
 from models.train.recipes import Recipe, recipe_for
 
 CHECKPOINT_FORMAT = "vessel-edge-checkpoint"
@@ -133,12 +135,6 @@ def _write_json(path: Path, obj: dict) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
-def _versions() -> dict[str, str]:
-    import platform
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-
-
 # ----------------------------------------------------------------------------------------------------- data
 
 def load_items(dataset: str, root: str | None, cfg: TrainConfig | None = None, split: str = "train") -> list[Loaded]:
@@ -229,6 +225,7 @@ class Sampler:
             ws = [self.items[i].image.shape[1] for i, _ in batch]
             size = (min(hs) // d * d, min(ws) // d * d)
         xs, ys = [], []
+        prep = Preprocess.from_spec(self.spec)
         for i, _ in batch:
             it = self.items[i]
             h, w = it.image.shape[:2]
@@ -240,7 +237,7 @@ class Sampler:
                 sx, sy = w - size[1], h - size[0]
                 centre = ((size[1] - 1) / 2 + rng.integers(0, sx + 1), (size[0] - 1) / 2 + rng.integers(0, sy + 1))
             img, lab, _ = aug.augment(it.image, it.label, None, rng, self.cfg, size, centre)
-            xs.append(preprocess(img, self.spec))
+            xs.append(prep.image(img)[0])
             ys.append(lab[None].astype(np.float32))
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
@@ -390,7 +387,7 @@ def train(cfg: TrainConfig, items: list[Loaded] | None = None, log=_log) -> Trai
                 "weights": {"file": file, "sha256": digest}, "data": data_meta, "recipe": recipe.to_meta(),
                 "augment": asdict(sampler.cfg), "epochs": epochs, "best_epoch": best_epoch, "metrics": metrics,
                 "stopped": stopped, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "versions": _versions()}
+                "versions": versions(("torch", "numpy"))}
 
     log(f"training {name} on {cfg.dataset}: {len(train_items)} train / {len(val_items)} val images, "
         f"{'patches ' + str(recipe.patch) if recipe.patch else 'whole images'}, batch {recipe.batch_size}, "
@@ -493,19 +490,6 @@ def _load_resume(path: Path, model: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ CLI
 
-def _size(text: str) -> tuple[int, int]:
-    """``'584x565'`` (HxW) or ``'128'``."""
-    try:
-        dims = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        dims = []
-    if len(dims) == 1:
-        dims *= 2
-    if len(dims) != 2 or min(dims) < 16:
-        raise EdgeError(f"--synthetic-size must look like 128 or 584x565 (HxW, at least 16), got '{text}'")
-    return dims[0], dims[1]
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="edge-train", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -552,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, patch=args.patch, lr=args.lr, weight_decay=args.weight_decay,
                           patches_per_image=args.patches_per_image, val_fraction=args.val_fraction, seed=args.seed,
                           resume=args.resume, synthetic_count=args.synthetic_count,
-                          synthetic_size=_size(args.synthetic_size), threads=args.threads,
+                          synthetic_size=parse_size(args.synthetic_size, "--synthetic-size", 16), threads=args.threads,
                           augment=not args.no_augment, force=args.force)
         r = train(cfg)
         print(f"{r.best}  (epoch {r.best_epoch}, validation Dice {r.best_dice:.4f}, threshold {r.threshold:.3f}; "

@@ -141,14 +141,17 @@ HAVE_RIG = (RIG / "rootfs" / "opt" / "x86" / "qemu-aarch64").exists() and os.get
 @pytest.mark.cross
 @pytest.mark.skipif(not HAVE_RIG, reason=f"no arm64proxy rig at {RIG} (or not root): run "
                                          f"`bash /work/shared/tools/arm64proxy/setup.sh {RIG}` as root (~7 min)")
-def test_edge_bench_counts_ort_and_tvm_on_the_emulated_a72(tmp_path, capsys):
+def test_edge_bench_counts_ort_tvm_and_the_peers_on_the_emulated_a72(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["m2unet", "--sizes", "64", "--backends", "onnxruntime", "--images", "none", "--runs", "2",
-                 "--a72-proxy", "-o", str(out)]) == 0
+                 "--a72-proxy", "--a72-peers", "all", "-o", str(out)]) == 0
     captured = capsys.readouterr()
     run = json.loads((out / "results.json").read_text())["runs"][0]
     rows = {r["engine"]: r for r in run["a72_proxy"]}
-    assert list(rows) == ["ort", "tvm"], run["notes"]
+    assert list(rows) == ["ort", "tvm", "ncnn", "mnn", "tflite"], run["notes"]
+    for name in ("tvm", "ncnn", "mnn", "tflite"):  # each engine's output on the emulated A72 against ORT's
+        assert rows[name]["max_abs_dp_vs_ort"] <= 1e-4, (name, rows[name])
+    assert "tvm vs the best peer, " in captured.out
     for r in rows.values():
         assert r["model"] == "m2unet" and r["input_shape"] == [1, 3, 64, 64] and r["label"] == LABEL
         assert r["insns_m"] > 0 and r["mca_cycles_m"] > 0 and r["estimated_ms_at_1_8ghz"] > 0
@@ -156,3 +159,40 @@ def test_edge_bench_counts_ort_and_tvm_on_the_emulated_a72(tmp_path, capsys):
     assert rows["tvm"]["max_abs_diff_vs_ort"] <= 1e-4
     assert "m2unet 1x3x64x64: tvm vs ort (estimated (emulated A72)): " in captured.out
     assert (out / "a72_proxy.csv").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the rig check asks for root")
+def test_more_tvm_threads_reach_the_instrument_and_the_split_is_reported(tmp_path):
+    from benchmarks.a72_proxy import thread_split
+
+    work, tool = tmp_path / "work", tmp_path / "tool"
+    (work / "rootfs" / "opt" / "x86").mkdir(parents=True)
+    (work / "rootfs" / "opt" / "x86" / "qemu-aarch64").write_text("")
+    tool.mkdir()
+    (tool / "a72count.py").write_text(textwrap.dedent("""\
+        import argparse, json, sys
+        ENV = {"TVM_NUM_THREADS": "1"}
+        def main():
+            ap = argparse.ArgumentParser()
+            ap.add_argument("workdir"); ap.add_argument("models", nargs="+"); ap.add_argument("--input")
+            ap.add_argument("--json"); ap.add_argument("--mca", action="store_true")
+            a = ap.parse_args()
+            n = int(ENV["TVM_NUM_THREADS"])
+            with open(a.json, "a") as f:  # 100 M instructions of work, split evenly, 2 M of waiting per extra thread
+                f.write(json.dumps({"engine": "tvm", "model": "m.so", "insns": 100e6 / n + 2e6 * (n - 1),
+                                    "other_vcpu_insns": (100e6 / n + 2e6) * (n - 1), "fmla_q128": 0,
+                                    "fp_scalar": 0, "mca_cycles": 90e6}) + "\\n")
+            return 0
+        if __name__ == "__main__":
+            sys.exit(main())
+        """))
+    one = measure(None, tmp_path / "m.so", [1, 3, 32, 32], work, tool)[0]
+    two = measure(None, tmp_path / "m.so", [1, 3, 32, 32], work, tool, threads=2)[0]
+    assert (one.threads, one.insns_m, one.other_vcpu_insns_m) == (1, 100.0, 0.0)
+    assert (two.threads, two.insns_m, two.other_vcpu_insns_m) == (2, 52.0, 52.0)
+    (line,) = thread_split(one, two)
+    assert line == (f"tvm on 2 threads ({LABEL}): main thread 52.0 M instructions, other threads 52.0 M; together "
+                    "1.040x one thread's 100.0 M; parallel efficiency 0.96 (one thread's / (2 x the busiest "
+                    "thread's), the pool's waiting counted as work)")
+    with pytest.raises(EdgeError, match=r"runs ONNX Runtime and the peers on one thread only"):
+        measure(tmp_path / "m.onnx", tmp_path / "m.so", [1, 3, 32, 32], work, tool, threads=2)

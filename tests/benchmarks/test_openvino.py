@@ -34,7 +34,8 @@ def test_missing_openvino_is_left_out_of_the_default_and_refused_when_asked_for(
     said: list[str] = []
     assert "openvino" in default_backends(said.append) and not said
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
-    assert default_backends(said.append) == ["torch", "onnxruntime", "tvm"]
+    assert [b for b in default_backends(said.append) if b not in ("ncnn", "mnn", "tflite")] == [
+        "torch", "onnxruntime", "tvm"]
     assert said == [f"note: backend openvino skipped: {OPENVINO_MISSING}"]
     with pytest.raises(EdgeError, match=r"pip install openvino"):
         create_runner("openvino", package="unused")
