@@ -425,7 +425,7 @@ def test_shipped_database_is_applied_by_default_and_foreign_records_are_ignored(
     db = database_dir(preset, "pooled", (16, 16))
     assert tune(m, m.graph.input[0].name, list(shape), preset, db, trials=2) == 1
     r = export_model(str(onnx_file), "x86_64", out=tmp_path / "pkg")
-    assert r.meta["tuning"] == {"database": str(db), "tuned_kernels": 1, "hand_kernels": 1}
+    assert r.meta["tuning"] == {"database": str(db), "tuned_kernels": 1, "hand_kernels": 1, "default_lowering": []}
 
     rec = db / "database_tuning_record.json"
     lines = [json.loads(ln) for ln in rec.read_text().splitlines() if ln.strip()]

@@ -154,6 +154,12 @@ def test_two_real_edge_runs_at_once(pkg, tmp_path):
 
 
 @pytest.mark.slow
+def _ctrl_c_delivered() -> None:
+    """A child's SIGINT back to its default: a shell starts background jobs with SIGINT ignored (CI run as
+    `cmd &`), and a child inherits that, so Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_the_middle_of_a_batch(pkg, tmp_path):
     """SIGINT while a batch runs: exit 130, one line, and each image's outputs are all there or none."""
     d = tmp_path / "in"
@@ -164,7 +170,7 @@ def test_ctrl_c_in_the_middle_of_a_batch(pkg, tmp_path):
     before = snapshot([d])
     proc = subprocess.Popen([str(EDGE_RUN), str(d), "--package", str(pkg), "-o", str(out), "--float", "--overlay",
                              "--backend", "onnxruntime", "--json", str(tmp_path / "run.json")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_delivered)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "img02_mask.png").exists():
@@ -198,7 +204,8 @@ def test_ctrl_c_during_edge_export_leaves_no_package(tmp_path, replace):
         assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not mkdtemp's 0700
         before = snapshot([out])
         export.append("--force")
-    proc = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_delivered)
     head = []
     for line in proc.stderr:  # the stages start after this line; U-Net's take ~20 s more here
         head.append(line)
@@ -230,7 +237,13 @@ def test_a_swallowed_ctrl_c_still_keeps_outputs_out(tmp_path, capsys):
         write_atomic(tmp_path / "out.png", b"data")
         return 0
 
-    assert run_cli(body) == 130
+    # as an interactive shell starts a command (a background job, `cmd &` in CI, starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = run_cli(body)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().err.strip() == "error: interrupted; outputs in progress were not kept"
     assert run_cli(lambda: 0) == 0  # the latch is per command
