@@ -8,18 +8,20 @@ Runtime's on probabilities (max |dp|). Every figure is an estimate from emulatio
 ``estimated (emulated A72)``: instructions, llvm-mca cycles (no memory stalls), L1D/L2 misses of an
 A72-like cache model, and cycles / 1.8 GHz. Trust ratios above ~1.3x, not absolute times.
 
-  python -m benchmarks.a72_proxy m2unet --weights W.pth --size 544 --cache     # ~20-40 min at 544
-  python -m benchmarks.a72_proxy --package packages/m2unet-arm64-544x544
-  python -m benchmarks.a72_proxy --package PKG --peers ncnn,mnn,tflite         # ~25 min at 544
-  python -m benchmarks.a72_proxy --from-json runs.jsonl                           # re-print saved rows
+Run through edge-bench (the rows land in results.json ``a72_proxy``, the report's Cortex-A72 section and
+a72_proxy.csv; ``edge-bench report results.json -o DIR`` re-renders them):
 
-:func:`measure` is the core; ``edge-bench --a72-proxy`` calls it too. Needs root (the instrument chroots) and
-the rig built once by ``setup.sh WORK`` (~7 min). Run it alone: emulation is slow and it shares the machine's
-cores.
+  edge-bench m2unet --weights W.pth --sizes 544 --images none --a72-proxy --a72-cache       # ~20-40 min at 544
+  edge-bench packages/m2unet-arm64-544x544 --backends onnxruntime --images none --a72-proxy
+  edge-bench PKG --backends onnxruntime,tvm-default ... --a72-proxy       # also TVM's default lowering (~4x slower)
+  edge-bench PKG ... --a72-proxy --a72-peers ncnn,mnn,tflite              # ~25 min at 544
+  edge-bench PKG ... --a72-proxy --a72-no-ort --a72-threads 2             # TVM alone, and on 2 threads
+
+:func:`measure` is the core. Needs root (the instrument chroots) and the rig built once by ``setup.sh WORK``
+(~7 min). Run it alone: emulation is slow and it shares the machine's cores.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -27,10 +29,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from edge.errors import EdgeError, run_cli
+from edge.errors import EdgeError
 
 DEFAULT_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "arm64proxy"
 LABEL = "estimated (emulated A72)"
@@ -82,7 +84,7 @@ def _row(d: dict, engine: str) -> ProxyRow:
 
 
 def row_from_json(d: dict) -> ProxyRow:
-    """A saved row: a :class:`ProxyRow` dict (this module's --json, edge-bench's ``a72_proxy``) or a raw
+    """A saved row: a :class:`ProxyRow` dict (edge-bench's ``a72_proxy``, the old standalone --json) or a raw
     a72count line (earlier --json files)."""
     if "insns_m" in d:
         return ProxyRow(**{f.name: d[f.name] for f in fields(ProxyRow) if f.name in d})
@@ -286,97 +288,3 @@ def groups(rows: list[dict]) -> list[tuple[str, list[int] | None, list[ProxyRow]
         r = row_from_json(d)
         out.setdefault((r.model, tuple(r.input_shape)) if r.input_shape else ("", ()), []).append(r)
     return [(m, list(s) or None, rs) for (m, s), rs in out.items()]
-
-
-def _build(a, work: Path) -> tuple[Path, Path, Path | None, list[int], str]:
-    """(onnx, tvm library, default-lowering library or None, input shape, model name)."""
-    from edge.package import load_package
-
-    if a.package:
-        pkg = load_package(a.package)
-        if pkg.arch != "aarch64" or pkg.library is None:
-            raise EdgeError(f"{pkg.path} is a {pkg.arch} package without an aarch64 library; export it with "
-                            "--target arm64")
-    else:
-        from export.pipeline import export_model
-
-        out = work / f"{a.model}-arm64-{a.size}"
-        export_model(a.model, "arm64", weights=a.weights, input_size=(a.size, a.size), out=out, force=True)
-        pkg = load_package(out)
-    shape = list(pkg.input_shape)
-    default = None
-    if a.default:
-        from export.onnx_stage import load_onnx
-        from export.targets import get_target
-        from export.tvm_stage import build_library
-
-        default = work / "default_aarch64.so"
-        m = load_onnx(pkg.onnx)
-        build_library(m, m.graph.input[0].name, shape, get_target("arm64"), default, hand_kernels=False)
-    return pkg.onnx, pkg.library, default, shape, pkg.model_name
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", nargs="?", default="m2unet")
-    ap.add_argument("--weights")
-    ap.add_argument("--size", type=int, default=544)
-    ap.add_argument("--package", help="an existing arm64 package instead of exporting one")
-    ap.add_argument("--default", action="store_true", help="also count TVM's default lowering (slow: ~4x)")
-    ap.add_argument("--peers", default="", metavar="LIST",
-                    help="also count these engines, converted from the package's ONNX: ncnn, mnn, tflite or all")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="TVM threads in the emulated run (>1: TVM alone; prints how the work splits over them "
-                         "against the one-thread row given by --one-thread-json)")
-    ap.add_argument("--one-thread-json", help="a saved one-thread TVM row (--json line) to compare --threads with")
-    ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (reuse its row with --ort-json)")
-    ap.add_argument("--ort-json", help="a saved ONNX Runtime row (--json line) to compare against")
-    ap.add_argument("--no-mca", dest="mca", action="store_false",
-                    help="skip the llvm-mca cycle estimate (the goal's measure; on by default)")
-    ap.add_argument("--cache", action="store_true", help="also simulate L1D/L2 (several times slower)")
-    ap.add_argument("--work", default=None, help="the folder setup.sh built (default: $ARM64PROXY_WORK or "
-                                                 "/root/.cache/arm64proxy)")
-    ap.add_argument("--tool", default=str(DEFAULT_TOOL), help="the arm64proxy folder (a72count.py)")
-    ap.add_argument("--json", help="append the rows here (JSON lines)")
-    ap.add_argument("--from-json", help="only format rows saved by an earlier run")
-    ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
-    a = ap.parse_args(argv)
-
-    def body() -> int:
-        if a.from_json:
-            lines = [json.loads(ln) for ln in Path(a.from_json).read_text().splitlines() if ln.strip()]
-            for model, shape, rows in groups(lines):
-                print(fmt(rows, "x".join(map(str, shape or []))))
-            return 0
-        from benchmarks.peers import convert, parse_peers
-
-        names = parse_peers(a.peers) if a.peers else []
-        work = Path(a.work) if a.work else default_work()
-        check_rig(work, a.tool)
-        with tempfile.TemporaryDirectory(prefix="a72proxy-build-") as tmpd:
-            onnx_path, lib, default, shape, name = _build(a, Path(tmpd))
-            peers = {n: convert(n, onnx_path, shape) for n in names}
-            rows = measure(None if a.no_ort else onnx_path, lib, shape, work, a.tool, a.mca, a.cache, model=name,
-                           extra={"tvm-default": default} if default else None, peers=peers, threads=a.threads,
-                           package=a.package, log=lambda s: print(f"[a72_proxy] {s}", file=sys.stderr, flush=True))
-        if a.no_ort and a.ort_json:
-            rows.insert(0, row_from_json(json.loads(Path(a.ort_json).read_text().splitlines()[0])))
-        if a.json:
-            with open(a.json, "a") as f:
-                for r in rows:
-                    f.write(json.dumps(asdict(r)) + "\n")
-        print(fmt(rows, "x".join(map(str, shape))))
-        if a.one_thread_json:
-            saved = [row_from_json(json.loads(ln)) for ln in Path(a.one_thread_json).read_text().splitlines() if ln]
-            one = next((r for r in saved if r.engine == "tvm" and r.threads == 1), None)
-            many = next((r for r in rows if r.engine == "tvm"), None)
-            if one is None or many is None:
-                raise EdgeError(f"{a.one_thread_json} holds no one-thread tvm row to compare with")
-            print("\n".join(thread_split(one, many)))
-        return 0
-
-    return run_cli(body, a.verbose)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

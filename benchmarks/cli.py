@@ -1,27 +1,33 @@
 """``edge-bench``: params, MACs, sizes, latency, memory and energy of models or packages, and merged reports;
-a thin layer over :mod:`benchmarks.suite` and :mod:`benchmarks.report`."""
+a thin layer over :mod:`benchmarks.plan`, :mod:`benchmarks.suite` and :mod:`benchmarks.report`."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from edge.errors import EdgeError, run_cli
-
+from edge.errors import EdgeError, run_parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks.latency import BACKENDS, CPU_BACKENDS, IMAGES, OPTIONAL_BACKENDS
+    from benchmarks.latency import BACKENDS, CPU_BACKENDS, EXTRA_CPU_BACKENDS, IMAGES, OPTIONAL_BACKENDS
     from benchmarks.power import BOARD_PROFILES, METERS
 
     p = argparse.ArgumentParser(
         prog="edge-bench",
         description="Measure vessel-segmentation models on this machine: parameters, MACs and file sizes; "
                     "latency percentiles per network input (tile) and per full image (tiled like edge-run) with "
-                    "PyTorch, ONNX Runtime, TVM and OpenVINO; GMAC/s; peak memory of each case in its own process; "
+                    "PyTorch, ONNX Runtime, TVM (with its hand-written kernels, and with --backends tvm-default TVM's "
+                    "default lowering of the same graph), OpenVINO, ncnn, MNN and LiteRT; GMAC/s; parity of every "
+                    "output with ONNX Runtime's and PyTorch's; peak memory of each case in its own process; "
                     "energy with a power meter; optionally the estimated cost on an emulated Cortex-A72. Writes "
                     "results.json, CSV, Markdown and a self-contained HTML report.",
         epilog="Merge and re-render runs (e.g. a board and a GPU machine): edge-bench report results*.json -o DIR. "
+               "PyTorch / ONNX Runtime / TVM ratios of M2U-Net on DRIVE: edge-bench m2unet --sizes 544 --images none "
+               "--backends torch,onnxruntime,tvm --interleave --runs 50 --seconds 120. "
+               "Hand-written kernels vs TVM's default lowering vs ONNX Runtime vs PyTorch: edge-bench m2unet "
+               "--sizes 544,960 --images hrf --backends onnxruntime,torch,tvm-default,tvm --interleave --threads 2 "
+               "--budget-ms 500 --image-runs 5. "
                "Exit codes: 0 ok; 2 usage or other error; 3 package error; 4 input error; 130 interrupted.",
     )
     p.add_argument("models", nargs="*", metavar="MODEL_OR_PACKAGE",
@@ -31,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network input sizes, e.g. 544,960 or 544x768 (default: the model's tile)")
     p.add_argument("--backends", default=None, metavar="LIST",
                    help=f"from {', '.join(BACKENDS)} (default: {','.join(CPU_BACKENDS)}; "
-                        f"{', '.join(OPTIONAL_BACKENDS)} only when installed)")
+                        f"{', '.join(OPTIONAL_BACKENDS)} only when installed; {', '.join(EXTRA_CPU_BACKENDS)} "
+                        "(TVM's default lowering, no hand-written kernels: slow) only when named)")
     sizes = ", ".join(f"{k} ({h}x{w})" for k, (h, w) in IMAGES.items())
     p.add_argument("--images", default=None, metavar="LIST",
                    help=f"full images to time, tiled like edge-run: {sizes}, HxW, or none (default: all three)")
@@ -39,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile used for full images; must be one of --sizes (default: the model's tile)")
     p.add_argument("--weights", default=None, metavar="PATH", help="state dict for the registered model(s)")
     p.add_argument("--runs", type=int, default=None, metavar="N", help="timed runs per case (default: 30)")
+    p.add_argument("--image-runs", type=int, default=None, metavar="N",
+                   help="timed runs per full-image case (default: --runs)")
     p.add_argument("--seconds", type=float, default=None, metavar="T",
                    help="stop sampling a case after T seconds even before N runs (default: 10)")
     p.add_argument("--warmup", type=int, default=None, metavar="N", help="untimed runs per tile case (default: 3; "
@@ -54,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interleave", action="store_true", default=None,
                    help="time the backends of one input round-robin in one process (fairest ratios on a busy "
                         "machine); memory then comes from short isolated runs")
+    p.add_argument("--interleave-gap-ms", type=float, default=None, metavar="MS",
+                   help="with --interleave: idle time before each sample, so the previous runtime's pool threads "
+                        "stop spinning (default: 50)")
+    p.add_argument("--budget-ms", type=float, default=None, metavar="MS",
+                   help="with --interleave: a backend whose median exceeds MS per tile sits out the later rounds "
+                        "once it has --min-samples samples (e.g. tvm-default; default: no budget)")
+    p.add_argument("--min-samples", type=int, default=None, metavar="N",
+                   help="samples a backend over --budget-ms still gets (default: 3)")
     p.add_argument("--gpu-baselines", action="store_true", default=None,
                    help="also time PyTorch CUDA, ONNX Runtime CUDA and TVM cuda; without a GPU they are recorded "
                         "as unavailable")
@@ -81,11 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --a72-proxy: also simulate the L1D/L2 caches (several times slower)")
     p.add_argument("--a72-work", default=None, metavar="DIR",
                    help="the rig built by arm64proxy's setup.sh (default: $ARM64PROXY_WORK or /root/.cache/arm64proxy)")
+    p.add_argument("--a72-tool", default=None, metavar="DIR",
+                   help="the arm64proxy instrument, the folder with a72count.py (default: ../shared/tools/arm64proxy)")
     p.add_argument("--a72-peers", default=None, metavar="LIST",
                    help="with --a72-proxy: also count ncnn, MNN and LiteRT XNNPACK (ncnn,mnn,tflite or all), each "
-                        "converted from the package's ONNX on this host (benchmarks.peers)")
-    p.add_argument("-v", "--verbose", action="store_true", help="child process output; tracebacks on errors")
-    return p
+                        "converted from the package's ONNX on this host (benchmarks.peers); tvm-default in "
+                        "--backends also counts TVM's default lowering")
+    p.add_argument("--a72-threads", type=int, default=None, metavar="N",
+                   help="with --a72-proxy: also count TVM alone on N threads and note how its instructions split "
+                        "over them against the one-thread count (default: 1, one thread only)")
+    p.add_argument("--a72-no-ort", dest="a72_ort", action="store_false", default=None,
+                   help="with --a72-proxy: do not count ONNX Runtime (no ratios to it; saves its emulation time)")
+    p.add_argument("--a72-no-mca", dest="a72_mca", action="store_false", default=None,
+                   help="with --a72-proxy: skip the llvm-mca cycle estimate (the goal's measure)")
+    return p  # -v/--verbose (child process output, tracebacks on errors) comes with edge.errors.run_parsed
 
 
 def build_report_parser() -> argparse.ArgumentParser:
@@ -94,52 +120,22 @@ def build_report_parser() -> argparse.ArgumentParser:
                                             "(results.json, CSV, Markdown, HTML with plots).")
     p.add_argument("files", nargs="+", metavar="RESULTS.json")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
-    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return p
 
 
 def plan_from_args(args: argparse.Namespace):
-    from edge.cli import parse_cores
-    from benchmarks.suite import Plan, load_plan, parse_size_list
+    """The :class:`benchmarks.plan.Plan` of ``--plan`` (if any) with the options given on the command line."""
+    from benchmarks.plan import PLAN_KEYS, load_plan, plan_from_dict
 
     data = load_plan(args.plan) if args.plan else {}
-    cli = {"models": args.models or None, "sizes": args.sizes, "backends": args.backends, "images": args.images,
-           "image_tile": args.image_tile, "weights": args.weights, "runs": args.runs, "seconds": args.seconds,
-           "warmup": args.warmup, "threads": args.threads, "cores": args.cores, "meter": args.meter,
-           "idle_seconds": args.idle_seconds, "interleave": args.interleave, "gpu_baselines": args.gpu_baselines,
-           "outdir": args.out, "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key,
-           "rpc_target": args.rpc_target, "rpc_timeout": args.rpc_timeout, "label": args.label,
-           "a72_proxy": args.a72_proxy,
-           "a72_cache": args.a72_cache, "a72_work": args.a72_work, "a72_peers": args.a72_peers}
+    names = {"out": "outdir"}  # options spelled otherwise than their plan keys
+    cli = {names.get(k, k): v for k, v in vars(args).items() if names.get(k, k) in PLAN_KEYS}
+    cli["models"] = args.models or None
+    cli.pop("dice", None)
     data.update({k: v for k, v in cli.items() if v is not None})
     if args.dice:
         data["dice"] = {**data.get("dice", {}), **parse_dice(args.dice)}
-    if not data.get("models"):
-        raise EdgeError("name at least one model, package or ONNX file (e.g. edge-bench m2unet), or list them "
-                        "under \"models\" in --plan")
-    if isinstance(data["models"], str):
-        data["models"] = [data["models"]]
-    if data.get("sizes") is not None:
-        data["sizes"] = parse_size_list(data["sizes"])
-    if data.get("image_tile") is not None:
-        data["image_tile"] = parse_size_list(str(data["image_tile"]))[0]
-    for key in ("backends", "images"):
-        if isinstance(data.get(key), str):
-            data[key] = [] if data[key].strip().lower() == "none" else data[key].split(",")
-    if isinstance(data.get("cores"), (str, int)):
-        data["cores"] = parse_cores(str(data["cores"]))
-    for key, kind in (("runs", int), ("warmup", int), ("threads", int), ("seconds", float), ("idle_seconds", float),
-                      ("rpc_timeout", float)):
-        if data.get(key) is not None:
-            try:
-                data[key] = kind(data[key])
-            except (TypeError, ValueError):
-                raise EdgeError(f"{key} must be a number, got {data[key]!r}") from None
-    if data.get("threads") is not None and data["threads"] < 1:
-        raise EdgeError("--threads must be at least 1")
-    if data.get("weights") is not None:
-        data["weights"] = str(data["weights"])
-    return Plan(**data)
+    return plan_from_dict(data)
 
 
 def parse_dice(items: list[str]) -> dict[str, float]:
@@ -171,7 +167,9 @@ def format_summary(doc: dict, paths: dict[str, Path]) -> str:
                              f"p50 {lat['p50_ms']:>9.1f} ms  p90 {lat['p90_ms']:>9.1f} ms  n={lat['n_samples']:<4}"
                              + ("" if g is None else f"  {g:>7.2f} GMAC/s")
                              + ("" if over is None else f"  {over:.2f}x its pixels' cost")
-                             + ("" if parity_cell(c) == "–" else f"  max|dp| vs ORT {parity_cell(c)}"))
+                             + ("" if parity_cell(c) == "–" else f"  max|dp| vs ORT {parity_cell(c)}")
+                             + ("" if parity_cell(c, "parity_torch") == "–" else
+                                f"  vs PyTorch {parity_cell(c, 'parity_torch')}"))
             else:
                 lines.append(f"{c['model']:<10} {case_label(c):<38} {c['backend_label']:<18} {c['status']}")
     _, rows = ratio_rows(doc)
@@ -189,26 +187,23 @@ def format_summary(doc: dict, paths: dict[str, Path]) -> str:
 
 
 def report_main(argv: list[str]) -> int:
-    from benchmarks.report import merge, write_report
+    def body(args: argparse.Namespace) -> int:
+        from benchmarks.report import merge, write_report
 
-    args = build_report_parser().parse_args(argv)
-
-    def body() -> int:
         doc = merge(args.files)
         paths = write_report(doc, args.out)
         print(f"merged {len(doc['runs'])} run(s) into {paths['report.html']}")
         return 0
 
-    return run_cli(body, args.verbose)
+    return run_parsed(build_report_parser(), body, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         return report_main(argv[1:])
-    args = build_parser().parse_args(argv)
 
-    def body() -> int:
+    def body(args: argparse.Namespace) -> int:
         from benchmarks.report import document, write_report
         from benchmarks.suite import run_plan
 
@@ -219,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(doc, paths))
         return 0
 
-    return run_cli(body, args.verbose)
-
+    return run_parsed(build_parser(), body, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,13 @@ from edge.errors import EdgeError, look_up_option
 
 PEER_BACKENDS = ("ncnn", "mnn", "tflite")  # benchmarks.peers: converted from the package's model.onnx
 CPU_BACKENDS = ("torch", "onnxruntime", "tvm", "openvino", *PEER_BACKENDS)
+# TVM's default lowering of the same graph (no hand-written kernels, export.schedules): only when asked for, slow
+EXTRA_CPU_BACKENDS = ("tvm-default",)
 CUDA_BACKENDS = ("torch-cuda", "onnxruntime-cuda", "tvm-cuda")
-BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
+BACKENDS = CPU_BACKENDS + EXTRA_CPU_BACKENDS + CUDA_BACKENDS
 OPTIONAL_BACKENDS = ("openvino", *PEER_BACKENDS)  # in the default list only when installed (see default_backends)
-LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tvm": "TVM", "openvino": "OpenVINO",
+LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tvm": "TVM", "tvm-default": "TVM default lowering",
+          "openvino": "OpenVINO",
           "ncnn": "ncnn", "mnn": "MNN", "tflite": "LiteRT XNNPACK",
           "torch-cuda": "PyTorch CUDA",
           "onnxruntime-cuda": "ONNX Runtime CUDA", "tvm-cuda": "TVM CUDA",
@@ -84,6 +87,7 @@ class LatencyStats:
     min_ms: float
     mean_ms: float
     std_ms: float
+    p10_ms: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -95,10 +99,11 @@ class LatencyStats:
         a = np.asarray(samples_ms, dtype=np.float64)
         if a.size == 0:
             raise ValueError("no latency samples")
-        p50, p90, p99 = np.percentile(a, [50, 90, 99])
+        p10, p50, p90, p99 = np.percentile(a, [10, 50, 90, 99])
         return cls(n_samples=int(a.size), warmup_runs=int(warmup_runs), min_ms=float(a.min()),
                    mean_ms=float(a.mean()), std_ms=float(a.std(ddof=1)) if a.size > 1 else 0.0,
-                   p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), max_ms=float(a.max()),
+                   p10_ms=float(p10), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+                   max_ms=float(a.max()),
                    total_s=float(a.sum() / 1e3))
 
     def to_json(self) -> dict[str, Any]:
@@ -125,11 +130,14 @@ def collect(fn: Callable[[], Any], runs: int, seconds: float, warmup: int = 0,
 
 def collect_interleaved(fns: dict[str, Callable[[], Any]], runs: int, seconds: float, warmup: int = 0,
                         clock: Callable[[], float] = time.perf_counter,
-                        pause_s: float = 0.0) -> dict[str, list[float]]:
+                        pause_s: float = 0.0, budget_ms: float | None = None,
+                        min_samples: int = 3) -> dict[str, list[float]]:
     """Like :func:`collect` for several backends in one process: each round times every backend once, the
     order rotated round by round, so drifting machine load hits all of them alike. Rounds stop at ``runs`` or
     after ``seconds`` (a started round is finished, so all get the same number of samples). ``pause_s`` of
-    untimed sleep before each sample lets the previous runtime's spinning worker threads park."""
+    untimed sleep before each sample lets the previous runtime's spinning worker threads park. With
+    ``budget_ms``, a backend whose median sample exceeds it sits out the later rounds once it has ``min_samples``
+    samples (so TVM's unscheduled default lowering does not hold the others' run for an hour)."""
     names = list(fns)
     for _ in range(max(0, warmup)):
         for n in names:
@@ -140,6 +148,8 @@ def collect_interleaved(fns: dict[str, Callable[[], Any]], runs: int, seconds: f
     while r < max(1, runs):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
+            if budget_ms is not None and len(out[n]) >= min_samples and np.median(out[n]) > budget_ms:
+                continue
             if pause_s > 0:
                 time.sleep(pause_s)
             t0 = clock()
@@ -312,9 +322,11 @@ def _peer_runner(backend: str, package: str | None, threads: int) -> Runner:
 
 def create_runner(backend: str, *, model: str | None = None, weights: str | None = None,
                   package: str | None = None, cuda_package: str | None = None, threads: int | None = None,
-                  pinned: bool = False) -> Runner:
+                  pinned: bool = False, default_library: str | None = None) -> Runner:
     """Load ``backend`` for timing. ``package``: a CPU package for this host (ONNX Runtime, OpenVINO, TVM);
-    ``cuda_package``: a TVM ``cuda`` package (tvm-cuda). Raises :class:`EdgeError` when it cannot run."""
+    ``cuda_package``: a TVM ``cuda`` package (tvm-cuda); ``default_library``: the package's graph built with TVM's
+    default lowering (tvm-default, :func:`benchmarks.packages.ensure_default_library`). Raises
+    :class:`EdgeError` when it cannot run."""
     from edge.backends import available_cores
 
     backend = look_up_option(backend, BACKENDS, "backend")
@@ -342,6 +354,11 @@ def create_runner(backend: str, *, model: str | None = None, weights: str | None
     if path is None:
         raise EdgeError(f"{backend} needs a {'cuda ' if backend == 'tvm-cuda' else ''}package")
     pkg = load_package(path)
+    if backend == "tvm-default":
+        if default_library is None:
+            raise EdgeError("tvm-default needs the package's default-lowering library (edge-bench builds it)")
+        # the same package run with the other library: TVMBackend's checks and thread setup apply unchanged
+        pkg = replace(pkg, meta={**pkg.meta, "target": {**pkg.meta["target"], "library": str(default_library)}})
     if backend == "onnxruntime":
         import onnxruntime as ort
 
@@ -353,7 +370,9 @@ def create_runner(backend: str, *, model: str | None = None, weights: str | None
     sync = tvm.cuda(0).sync if backend == "tvm-cuda" else None
     info = {"version": tvm.__version__, "runtime_only": os.environ.get("TVM_USE_RUNTIME_LIB") == "1",
             "num_threads_env": os.environ.get("TVM_NUM_THREADS"),
-            "target": pkg.meta.get("target", {}).get("tvm_target")}
+            "target": pkg.meta.get("target", {}).get("tvm_target"),
+            "lowering": "TVM default (no hand-written kernels)" if backend == "tvm-default" else "package library",
+            "library": str(pkg.library)}
     return Runner(backend, b.device, threads, b, sync, info)
 
 

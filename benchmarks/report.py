@@ -20,6 +20,7 @@ from typing import Any
 
 from edge.errors import EdgeError
 from edge.imageio import write_files_atomic
+from benchmarks.jsonio import read_json
 
 SCHEMA = "vessel-edge-bench-results"
 SCHEMA_VERSION = 1
@@ -56,12 +57,7 @@ def document(runs: list[dict]) -> dict:
 def load_results(path: str | Path) -> list[dict]:
     """The runs of one results file; a file of another schema or schema version is refused in one line."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as exc:
-        raise EdgeError(f"cannot read {p} ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise EdgeError(f"{p} is not JSON ({exc.msg} at line {exc.lineno}); pass results.json files of edge-bench")
+    data = read_json(p, "", "; pass results.json files of edge-bench")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         schema = data.get("schema") if isinstance(data, dict) else None
         raise EdgeError(f"{p} is not an edge-bench results file (schema {schema!r})")
@@ -232,9 +228,10 @@ def complexity_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def parity_cell(c: dict) -> str:
-    """Max |difference| of the case's probabilities to ONNX Runtime's on the same input ('–' when not compared)."""
-    p = (c.get("info") or {}).get("parity")
+def parity_cell(c: dict, key: str = "parity") -> str:
+    """Max |difference| of the case's probabilities to ONNX Runtime's (``key`` parity_torch: PyTorch's) on the same
+    input ('–' when not compared)."""
+    p = (c.get("info") or {}).get(key)
     if not p:
         return "–"
     if "max_abs_diff_prob" not in p:
@@ -247,9 +244,9 @@ def _overhead_cell(v: float | None) -> str:
 
 
 def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["run", "model", "input", "backend", "device", "threads", "load 1 min", "n", "p50 ms", "p90 ms", "p99 ms",
-            "mean ± std ms", "min ms", "GMAC/s at p50", "full-image overhead", "max |Δp| vs ONNX Runtime", "peak RSS",
-            "energy / inference"]
+    head = ["run", "model", "input", "backend", "device", "threads", "load 1 min", "n", "p10 ms", "p50 ms", "p90 ms",
+            "p99 ms", "mean ± std ms", "min ms", "GMAC/s at p50", "full-image overhead", "max |Δp| vs ONNX Runtime",
+            "max |Δp| vs PyTorch", "peak RSS", "energy / inference"]
     rows = []
     for r in doc["runs"]:
         for c in r["cases"]:
@@ -257,12 +254,14 @@ def latency_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
             base = [r["label"], c["model"], case_label(c), c["backend_label"], c.get("device") or "–",
                     str(c.get("threads") or "–"), _f(max(load), 1) if load else "–"]
             if c["status"] != "ok":
-                rows.append(base + [c["status"]] + [""] * 10)
+                rows.append(base + [c["status"]] + [""] * (len(head) - len(base) - 1))
                 continue
             lat, mem = c["latency"], c.get("memory") or {}
-            rows.append(base + [str(lat["n_samples"]), _f(lat["p50_ms"], 1), _f(lat["p90_ms"], 1), _f(lat["p99_ms"], 1),
+            rows.append(base + [str(lat["n_samples"]), _f(lat.get("p10_ms"), 1), _f(lat["p50_ms"], 1),
+                                _f(lat["p90_ms"], 1), _f(lat["p99_ms"], 1),
                                 f"{_f(lat['mean_ms'], 1)} ± {_f(lat['std_ms'], 1)}", _f(lat["min_ms"], 1),
                                 _f(gmac_per_s(r, c), 2), _overhead_cell(full_image_overhead(r, c)), parity_cell(c),
+                                parity_cell(c, "parity_torch"),
                                 _f(mem.get("peak_rss_mib"), 0, " MiB") if mem.get("peak_rss_mib") else "–",
                                 _energy_cell(c.get("energy"))])
     return head, rows
@@ -563,9 +562,10 @@ def html_page(doc: dict, plots: dict[str, bytes]) -> str:
 
 CASE_COLUMNS = ["run_id", "label", "model", "backend", "device", "kind", "image", "image_h", "image_w", "tile_h",
                 "tile_w", "tiles", "threads", "cores", "interleaved", "status", "n_samples", "warmup_runs", "min_ms",
-                "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "macs", "gmac_per_s",
+                "mean_ms", "std_ms", "p10_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "macs", "gmac_per_s",
                 "full_image_overhead",
-                "max_abs_diff_prob_vs_onnxruntime", "peak_rss_mib", "rss_after_load_mib", "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source",
+                "max_abs_diff_prob_vs_onnxruntime", "max_abs_diff_prob_vs_torch", "peak_rss_mib", "rss_after_load_mib",
+                "inference_peak_rss_mib", "gpu_peak_mib", "energy_kind", "energy_source",
                 "energy_status", "energy_per_image_j", "net_energy_per_image_j", "mean_power_w"]
 COMPLEXITY_COLUMNS = ["run_id", "model", "input_shape", "params", "params_source", "macs", "gmacs", "other_gops",
                       "macs_torch_flopcounter", "paper_params", "paper_gmacs", "weights_bytes", "onnx_bytes",
@@ -595,6 +595,8 @@ def cases_csv(doc: dict) -> str:
                          "full_image_overhead": full_image_overhead(r, c),
                          "max_abs_diff_prob_vs_onnxruntime": ((c.get("info") or {}).get("parity") or {}).get(
                              "max_abs_diff_prob"),
+                         "max_abs_diff_prob_vs_torch": ((c.get("info") or {}).get("parity_torch") or {}).get(
+                             "max_abs_diff_prob"),
                          **{k: mem.get(k) for k in CASE_COLUMNS if k in mem},
                          "energy_kind": en.get("kind"), "energy_source": en.get("source"),
                          "energy_status": en.get("status"), "energy_per_image_j": en.get("energy_per_image_j"),
@@ -605,7 +607,7 @@ def cases_csv(doc: dict) -> str:
 
 A72_COLUMNS = ["run_id", "run", "model", "input_shape", "engine", "insns_m", "fmla_q128_m", "fp_scalar_m",
                "mca_cycles_m", "estimated_ms_at_1_8ghz", "l1d_miss_m", "l2_miss_m", "max_abs_diff_vs_ort",
-               "emulation_s", "package", "label"]
+               "max_abs_dp_vs_ort", "threads", "other_vcpu_insns_m", "emulation_s", "package", "label"]
 
 
 def a72_csv(doc: dict) -> str | None:

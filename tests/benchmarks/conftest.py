@@ -9,7 +9,7 @@ from benchmarks.complexity import ComplexityRecord
 from benchmarks.latency import LABELS, LatencyStats
 from benchmarks.memory import MemoryRecord
 from benchmarks.power import EnergyRecord, unavailable
-from benchmarks.suite import CaseRecord
+from benchmarks.child import CaseRecord
 
 
 def make_run(label: str, p50: dict[str, float], device: str = "cpu", energy_j: float | None = None,

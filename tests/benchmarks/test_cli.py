@@ -64,7 +64,10 @@ def test_remote_run_without_a_key_or_a_tracker_is_refused_before_exporting(capsy
 
 def test_a_remote_case_records_the_boards_samples_and_platform(monkeypatch):
     import benchmarks.remote as remote
-    from benchmarks.suite import Artifact, CaseSpec, Plan, _remote_case
+    from benchmarks.child import CaseSpec
+    from benchmarks.packages import Artifact
+    from benchmarks.plan import Plan
+    from benchmarks.suite import _remote_case
 
     plat = remote.RemotePlatform(address="10.0.0.7:9090", cpu="2x Cortex-A72 (ARM part 0xd08)", os="Debian 12",
                                  board="unavailable: emulated", emulated=True, emulation="QEMU marker file")
@@ -181,8 +184,8 @@ def test_busy_machine_is_said_in_the_notes():
     assert "load average up to 7.2 on 2 cores" in note and "--interleave" in note
 
 
-@pytest.mark.slow
-def test_an_onnx_file_is_benchmarked_without_pytorch_and_its_package_reused(tmp_path, capsys):
+def tiny_onnx(tmp_path):
+    """Two 3x3 convolutions with seeded random weights, exported from torch to tmp_path/tiny.onnx (32x32)."""
     import warnings
 
     import torch
@@ -195,6 +198,12 @@ def test_an_onnx_file_is_benchmarked_without_pytorch_and_its_package_reused(tmp_
         warnings.simplefilter("ignore")
         torch.onnx.export(net, torch.rand(1, 3, 32, 32), str(onnx_path), opset_version=17, dynamo=False,
                           input_names=["input"], output_names=["logits"])
+    return onnx_path
+
+
+@pytest.mark.slow
+def test_an_onnx_file_is_benchmarked_without_pytorch_and_its_package_reused(tmp_path, capsys):
+    onnx_path = tiny_onnx(tmp_path)
     args = [str(onnx_path), "--backends", "torch,onnxruntime,tvm", "--runs", "2", "-o", str(tmp_path / "out")]
     assert main(args) == 0
     run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
@@ -206,3 +215,28 @@ def test_an_onnx_file_is_benchmarked_without_pytorch_and_its_package_reused(tmp_
     capsys.readouterr()
     assert main(args) == 0
     assert "reusing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tvm_default_lowering_is_a_backend_timed_beside_the_hand_kernels(tmp_path, capsys):
+    """What python -m benchmarks.x86_speed measured, as edge-bench options: TVM's default lowering of the same
+    graph interleaved with TVM and ONNX Runtime, parity to ONNX Runtime, fewer samples per full image."""
+    onnx_path = tiny_onnx(tmp_path)
+    args = [str(onnx_path), "--backends", "onnxruntime,tvm,tvm-default", "--images", "64x96", "--runs", "4",
+            "--image-runs", "2", "--interleave", "--budget-ms", "60000", "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
+    by = {(c["backend"], c["kind"]): c for c in run["cases"]}
+    dflt = by[("tvm-default", "tile")]
+    assert dflt["status"] == "ok" and dflt["backend_label"] == "TVM default lowering"
+    assert dflt["info"]["library"].endswith("-tvm-default.so") and "default" in dflt["info"]["lowering"]
+    assert dflt["info"]["parity"]["passed"] and dflt["latency"]["p10_ms"] <= dflt["latency"]["p50_ms"]
+    assert by[("tvm", "tile")]["info"]["library"].endswith("model.so")
+    assert all(by[(b, "image")]["latency"]["n_samples"] == 2 for b in ("onnxruntime", "tvm", "tvm-default"))
+    assert by[("tvm", "tile")]["latency"]["n_samples"] == 4
+    assert "TVM default lowering / ONNX Runtime = " in out
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any("reusing" in ln and ln.endswith("-tvm-default.so") for ln in err)  # not rebuilt
+    assert not any("default lowering ->" in ln for ln in err)

@@ -40,15 +40,20 @@ def test_memory_tiled_refuses_a_missing_checkpoint(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--engines", "ort,tvm-defualt"], "did you mean 'tvm-default'?"),
-    (["--tiled", "2336by3504"], "--tiled must look like 544 or 544x960"),
-    (["--sizes", "544x960"], "--sizes takes square sides"),
+    (["--backends", "onnxruntime,tvm-defualt"], "did you mean 'tvm-default'?"),
+    (["--images", "2336by3504"], "image size"),
+    (["--backends", "onnxruntime,tvm-default", "--budget-ms", "500"], "--budget-ms goes with --interleave"),
+    (["--interleave", "--min-samples", "0"], "--min-samples must be >= 1"),
+    (["--a72-threads", "2"], "go with --a72-proxy"),
+    (["--a72-no-ort"], "go with --a72-proxy"),
 ])
-def test_x86_speed_bad_arguments(capsys, argv, message):
-    from benchmarks.x86_speed import main
+def test_edge_bench_refuses_bad_timing_options_in_one_line(capsys, tmp_path, argv, message):
+    """What python -m benchmarks.x86_speed checked, now edge-bench's options (tvm-default is a backend)."""
+    from benchmarks.cli import main
 
-    assert main(argv) == 2
+    assert main(["m2unet", *argv, "-o", str(tmp_path)]) == 2
     assert message in one_line_error(capsys)
+    assert not (tmp_path / "packages").exists()  # refused before any export
 
 
 def test_default_weights_refuses_a_missing_checkpoint(capsys, tmp_path):

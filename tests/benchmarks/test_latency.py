@@ -14,6 +14,7 @@ def test_percentiles_and_moments_of_known_samples():
     assert (s.n_samples, s.warmup_runs) == (100, 3)
     assert (s.min_ms, s.max_ms, s.mean_ms) == (1.0, 100.0, 50.5)
     # linear interpolation between order statistics: rank = p/100 * (n - 1)
+    assert s.p10_ms == pytest.approx(10.9)
     assert s.p50_ms == pytest.approx(50.5)
     assert s.p90_ms == pytest.approx(90.1)
     assert s.p99_ms == pytest.approx(99.01)
@@ -71,11 +72,30 @@ def test_interleaved_rounds_rotate_and_give_every_backend_the_same_count():
     assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a"]  # warm-up, then rotated rounds
 
 
+def test_a_backend_over_the_budget_sits_out_once_it_has_its_minimum_samples():
+    t = [0.0]
+    cost = {"fast": 0.010, "slow": 2.0}  # seconds per call
+
+    def fn(name):
+        def run():
+            t[0] += cost[name]
+        return run
+
+    out = collect_interleaved({"fast": fn("fast"), "slow": fn("slow")}, runs=10, seconds=1e9, clock=lambda: t[0],
+                              budget_ms=500.0, min_samples=3)
+    assert {k: len(v) for k, v in out.items()} == {"fast": 10, "slow": 3}
+    assert out["slow"] == pytest.approx([2000.0] * 3)
+    even = collect_interleaved({"fast": fn("fast"), "slow": fn("slow")}, runs=4, seconds=1e9, clock=lambda: t[0])
+    assert {k: len(v) for k, v in even.items()} == {"fast": 4, "slow": 4}  # no budget: the same count
+
+
 def test_backend_names_are_checked_with_a_suggestion():
     assert parse_backends("torch, tvm,torch") == ["torch", "tvm"]
     with pytest.raises(EdgeError, match=r"unknown backend 'onnxrutime'; did you mean 'onnxruntime'\?"):
         parse_backends("tvm,onnxrutime")
-    assert "tvm-cuda" in BACKENDS
+    assert "tvm-cuda" in BACKENDS and "tvm-default" in BACKENDS
+    with pytest.raises(EdgeError, match=r"did you mean 'tvm-default'\?"):
+        parse_backends("onnxruntime,tvm-defualt")
 
 
 @pytest.mark.skipif(cuda_device_present(), reason="this machine has a CUDA GPU")
