@@ -128,12 +128,12 @@ def tvm_planned_memory(onnx_path: str | Path, input_name: str, shape: list[int],
         import tvm
         from tvm import relax
 
-        from export.tvm_stage import _lower, import_onnx  # the lowering the package's library went through
+        from export.tvm_stage import import_onnx, lower  # the lowering the package's library went through
 
         if target is None:
             target = tvm.target.Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())})
         mod = import_onnx(onnx.load(str(onnx_path)), input_name, list(shape))
-        mod, _ = _lower(mod, target, None)
+        mod, _, _ = lower(mod, target)
         from tvm.relax import backend, transform
 
         # tvm.compile's default pipeline up to and including StaticPlanBlockMemory (TVM 0.27): the estimate

@@ -90,7 +90,7 @@ def ensure_default_library(package: str | Path, outdir: Path) -> Path | None:
     from edge.package import load_package, sha256_file
     from export.onnx_stage import load_onnx
     from export.targets import get_target, list_targets
-    from export.tvm_stage import build_library
+    from export.tvm_stage import compile_library
 
     pkg = load_package(package)
     if pkg.library is None:
@@ -109,7 +109,7 @@ def ensure_default_library(package: str | Path, outdir: Path) -> Path | None:
     log(f"building {pkg.path.name} with TVM's default lowering -> {out} (no hand-written kernels)")
     m = load_onnx(pkg.onnx)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build_library(m, m.graph.input[0].name, list(pkg.input_shape), get_target(preset), out, hand_kernels=False)
+    compile_library(m, m.graph.input[0].name, list(pkg.input_shape), get_target(preset), out, hand_kernels=False)
     write_json_atomic(stamp, want)
     return out
 
@@ -226,9 +226,9 @@ def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Art
     sizes = plan.sizes or [spec.default_tile]
     weights = plan.weights
     if weights is None:
-        from export.pipeline import default_weights
+        from models.weights import shipped_weights
 
-        w = default_weights(spec.name)
+        w = shipped_weights(spec.name)
         weights = str(w) if w else None
     arts = []
     for size in sizes:

@@ -18,8 +18,6 @@ from export import onnx_stage, tvm_stage
 from export.complexity import count
 from export.targets import TargetPreset, get_target, host_preset
 
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
-
 
 @dataclass
 class Stage:
@@ -34,19 +32,6 @@ class ExportResult:
     meta: dict
     stages: list[Stage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def default_weights(model: str) -> Path | None:
-    p = SHIPPED_WEIGHTS / f"{model}.pth"
-    return p if p.is_file() else None
-
-
-def shipped_tuning_db(preset: TargetPreset, model: str, size: tuple[int, int]) -> Path | None:
-    """The tuning database shipped for this preset, model and tile size, if any."""
-    from export.tuning import database_dir
-
-    d = database_dir(preset, model, size)
-    return d if d is not None and (d / "database_tuning_record.json").is_file() else None
 
 
 def export_model(model: str, target: str = "x86_64", weights: str | Path | None = None,
@@ -113,13 +98,14 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                                 f"{len(changes)} repairs" if changes else "valid as is"))
         else:
             from models import create_model, get_spec
+            from models.weights import shipped_weights
 
             spec = get_spec(model)
             size = input_size or spec.default_tile
             spec.check_size(*size)
             untrained = False
             if weights is None:
-                weights = default_weights(spec.name)
+                weights = shipped_weights(spec.name)
             if weights is None:
                 untrained = True
                 msg = (f"WARNING: no --weights and no shipped weights for '{spec.name}': exporting RANDOM weights; "
@@ -161,16 +147,16 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
             stages.append(Stage("tune (MetaSchedule)", time.perf_counter() - t0,
                                 f"{tune_trials} trials over {n_tasks} kernels" if n_tasks else
                                 "nothing to tune: every fused kernel is hand-written (empty database)"))
+        from export.tuning import open_database, shipped_database
+
         if db is None:
-            db = shipped_tuning_db(preset, meta_model["name"], tuple(shape[2:]))
-        elif not (db / "database_tuning_record.json").is_file():
-            raise EdgeError(f"--tuning-db {db} holds no MetaSchedule database (database_tuning_record.json); "
-                            "tune into it first with --tune N")
+            db = shipped_database(preset, meta_model["name"], tuple(shape[2:]))
+        database = None if db is None else open_database(db, preset, cuda_arch)
 
         t0 = time.perf_counter()
         log(f"compiling for {preset.name} ({preset.description})")
         lib = tmp / pkgfmt.LIBRARY
-        compiled = tvm_stage.compile_library(s, name, shape, preset, lib, cuda_arch, db)
+        compiled = tvm_stage.compile_library(s, name, shape, preset, lib, cuda_arch, database)
         detail = f"{lib.stat().st_size / 1e6:.2f} MB"
         if compiled.tuning_db:
             detail += f", {compiled.tuned_tasks} tuned kernels"
@@ -184,7 +170,7 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
             twin = host_preset()
             log(f"compiling a host twin ({twin.name}) to check numerics before the device")
             twin_lib = tmp / "twin.so"
-            tvm_stage.compile_library(s, name, shape, twin, twin_lib, None, None)
+            tvm_stage.compile_library(s, name, shape, twin, twin_lib)
             p = onnx_stage.compare(f"tvm host twin ({twin.name})", "onnxruntime",
                                    tvm_stage.run_library(twin_lib, x), ref).require()
             parity.append({**p.to_meta(), "ran_on": "host twin"})

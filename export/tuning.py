@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import EdgeError
 from export.targets import TargetPreset
 
 SHIPPED = Path(__file__).resolve().parent / "tuning"
+RECORDS = "database_tuning_record.json"  # the file that makes a folder a MetaSchedule JSON database
 
 
 def _x86_level() -> str:
@@ -85,6 +87,30 @@ def _class_of(mcpu: str | None) -> str | None:
     if mcpu and not mcpu.startswith(("x86-64", "cortex")):
         return _x86_level()  # a host CPU name: its class is the host's feature level
     return mcpu
+
+
+@dataclass(frozen=True)
+class Database:
+    """A tuning database read for one target: where it came from and the records that fit the target."""
+
+    path: Path
+    records: object  # a MetaSchedule MemoryDatabase
+    used: int  # records kept (those made for another target are dropped)
+
+
+def shipped_database(preset: TargetPreset, model: str, size: tuple[int, int]) -> Path | None:
+    """The tuning database shipped for this preset, model and tile size, if any (what a plain export applies)."""
+    d = database_dir(preset, model, size)
+    return d if d is not None and (d / RECORDS).is_file() else None
+
+
+def open_database(work_dir: Path, preset: TargetPreset, cuda_arch: str | None = None) -> Database:
+    """The database at ``work_dir`` for compiling to ``preset``; a folder without one is refused."""
+    if not (Path(work_dir) / RECORDS).is_file():
+        raise EdgeError(f"--tuning-db {work_dir} holds no MetaSchedule database ({RECORDS}); tune into it first "
+                        "with --tune N")
+    records, used = load_database(work_dir, preset.tvm_target(cuda_arch))
+    return Database(Path(work_dir), records, used)
 
 
 def load_database(work_dir: Path, target):
@@ -183,7 +209,7 @@ def tune(m, input_name: str, shape: list[int], preset: TargetPreset, work_dir: P
                         "--rpc-key KEY (a board or the emulated userland running a TVM RPC server)")
     target = tuning_target(preset, cuda_arch)
     mod = import_onnx(m, input_name, shape)
-    mod, _, report = lower(mod, target, None, hand_kernels=preset.device == "cpu")
+    mod, _, report = lower(mod, target, hand_kernels=preset.device == "cpu")
     work_dir.mkdir(parents=True, exist_ok=True)
     # MetaSchedule skips a task only when its module (not its function) says scheduled: filter here
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)

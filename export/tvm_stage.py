@@ -35,15 +35,12 @@ def import_onnx(m: onnx.ModelProto, input_name: str, shape: list[int]):
                         f"{str(exc).splitlines()[0][:200]}") from exc
 
 
-def _lower(mod, target, database_dir: Path | None) -> tuple[object, int]:
+def lower(mod, target, database=None, hand_kernels: bool = True):
     """Legalize and fuse (the zero pipeline), put hand-written kernels in place of the fused convolutions
-    they recognise (:mod:`export.schedules`), then apply tuned schedules from ``database_dir`` to the rest."""
-    mod, tuned, _ = lower(mod, target, database_dir)
-    return mod, tuned
+    they recognise (:mod:`export.schedules`), then apply tuned schedules from ``database`` (a MetaSchedule
+    database, :attr:`export.tuning.Database.records`) to the rest.
 
-
-def lower(mod, target, database_dir: Path | None = None, hand_kernels: bool = True):
-    """``_lower`` with its :class:`export.schedules.Report` (which kernels are hand-written)."""
+    Returns (module, kernels the database scheduled, :class:`export.schedules.Report`)."""
     from tvm import relax
 
     from export import schedules
@@ -59,15 +56,12 @@ def lower(mod, target, database_dir: Path | None = None, hand_kernels: bool = Tr
             mod, report = schedules.apply(mod, target)
             report.graph_rewrites = rewrites
             mod = schedules.fuse(mod, target, report)
-        if database_dir is None:
+        if database is None:
             return mod, 0, report
-        from export.tuning import load_database
-
-        db, _ = load_database(database_dir, target)
         # tuned = scheduled by the database, not before it: hand kernels, graph rewrites and fused chains
         # are scheduled already (under names of their own), and an empty database must count 0
         before = _scheduled(mod)
-        mod = _apply_database(mod, db)
+        mod = _apply_database(mod, database)
     return mod, len(_scheduled(mod) - before), report
 
 
@@ -86,15 +80,9 @@ def _apply_database(mod, db):
 
 
 def compile_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset: TargetPreset, out: Path,
-                    cuda_arch: str | None = None, database_dir: Path | None = None) -> Compiled:
-    """Compile ``m`` for ``preset`` into the shared library ``out``."""
-    return build_library(m, input_name, shape, preset, out, cuda_arch, database_dir)
-
-
-def build_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset: TargetPreset, out: Path,
-                  cuda_arch: str | None = None, database_dir: Path | None = None,
-                  hand_kernels: bool = True) -> Compiled:
-    """``compile_library``, optionally without the hand-written kernels (TVM's default lowering, for
+                    cuda_arch: str | None = None, database=None, hand_kernels: bool = True) -> Compiled:
+    """Compile ``m`` for ``preset`` into the shared library ``out``, with the tuned schedules of ``database``
+    (a :class:`export.tuning.Database`, or None); ``hand_kernels=False`` keeps TVM's default lowering (for
     benchmarks that compare the two)."""
     import tvm
     from tvm.support import cc
@@ -107,7 +95,8 @@ def build_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset:
     if preset.device == "cuda":
         ex = tvm.compile(mod, target=target)  # the GPU pipeline schedules with dlight
     else:
-        mod, tuned, report = lower(mod, target, database_dir, hand_kernels=hand_kernels)
+        mod, tuned, report = lower(mod, target, None if database is None else database.records,
+                                   hand_kernels=hand_kernels)
         hand = report.count
         done = _scheduled(mod)
         left = tuple(sorted(n for n in report.default if n not in done))
@@ -120,7 +109,7 @@ def build_library(m: onnx.ModelProto, input_name: str, shape: list[int], preset:
     except Exception as exc:  # linker failures come back as RuntimeError with the compiler's output
         raise EdgeError(f"linking the library for {preset.name} failed: {str(exc).splitlines()[0][:200]}") from exc
     return Compiled(out, {**preset.resolved_target(cuda_arch), "str": str(target)},
-                    str(database_dir) if database_dir else None, tuned, hand, left)
+                    None if database is None else str(database.path), tuned, hand, left)
 
 
 def run_library(library: Path, x: np.ndarray, device: str = "cpu") -> np.ndarray:

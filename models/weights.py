@@ -10,6 +10,14 @@ import torch
 
 from edge.errors import EdgeError
 
+SHIPPED = Path(__file__).resolve().parent / "weights"  # default weights shipped with the project (MODEL_CARD.md)
+
+
+def shipped_weights(model: str) -> Path | None:
+    """The default weights shipped for ``model`` (``models/weights/<model>.pth``), None when there are none."""
+    p = SHIPPED / f"{model}.pth"
+    return p if p.is_file() else None
+
 
 def unpickled_code(exc: BaseException) -> str | None:
     """What torch's weights-only unpickler refused to import (``posix.system``), or None when the error says the

@@ -67,11 +67,11 @@ def test_arm64_package_is_an_aarch64_library_checked_by_a_host_twin(tmp_path, dr
 
 
 def test_without_weights_m2unet_exports_the_shipped_default_weights(tmp_path):
-    from export.pipeline import default_weights
+    from models.weights import shipped_weights
 
     r = export_model("m2unet", "x86_64", input_size=(32, 32), out=tmp_path / "d")
     assert r.meta["model"]["untrained"] is False
-    assert r.meta["model"]["weights"]["sha256"] == sha256_file(default_weights("m2unet"))
+    assert r.meta["model"]["weights"]["sha256"] == sha256_file(shipped_weights("m2unet"))
 
 
 def test_untrained_export_is_loud_and_recorded(tmp_path, capsys):

@@ -21,7 +21,7 @@ def _lowered(m, shape, target_name="x86_64", hand_kernels=True):
 
     target = get_target(target_name).tvm_target()
     mod = import_onnx(m, m.graph.input[0].name, list(shape))
-    return lower(mod, target, None, hand_kernels=hand_kernels), target
+    return lower(mod, target, hand_kernels=hand_kernels), target
 
 
 def _run(m, shape, x, hand_kernels=True):
@@ -329,7 +329,7 @@ class _Pooled(nn.Module):
 @pytest.mark.slow
 def test_tuning_two_trials_writes_a_database_the_compile_applies(tmp_path):
     from export.targets import get_target
-    from export.tuning import load_database, tune
+    from export.tuning import open_database, tune
     from export.tvm_stage import compile_library, run_library
 
     shape = (1, 3, 16, 16)
@@ -338,11 +338,11 @@ def test_tuning_two_trials_writes_a_database_the_compile_applies(tmp_path):
     preset = get_target("x86_64")
     tasks = tune(m, m.graph.input[0].name, list(shape), preset, db, trials=2)
     assert tasks == 1  # the 1x1 convolution is hand-written, only the pool is tuned
-    _, used = load_database(db, preset.tvm_target())
-    assert used >= 1
+    database = open_database(db, preset)
+    assert database.used >= 1
     plain = compile_library(m, m.graph.input[0].name, list(shape), preset, tmp_path / "p.so")
     assert plain.default_kernels == ("max_pool2d",)  # what meta.json records as left to the default lowering
-    c = compile_library(m, m.graph.input[0].name, list(shape), preset, tmp_path / "m.so", database_dir=db)
+    c = compile_library(m, m.graph.input[0].name, list(shape), preset, tmp_path / "m.so", database=database)
     assert c.tuned_tasks == 1 and c.hand_kernels == 1 and c.default_kernels == ()
     x = sample_input(shape)
     assert np.abs(run_library(c.library, x) - ort_run(m, x)).max() <= TOL

@@ -36,9 +36,9 @@ def test_shipped_weights_load_strictly_and_match_their_sidecar():
 
 
 def test_export_uses_the_shipped_weights_by_default():
-    from export.pipeline import default_weights
+    from models.weights import shipped_weights
 
-    assert default_weights("m2unet") == WEIGHTS / "m2unet.pth"
+    assert shipped_weights("m2unet") == WEIGHTS / "m2unet.pth"
 
 
 @pytest.mark.skipif(not REFERENCE.is_file(), reason=f"{REFERENCE} is absent (../shared beside the checkout)")
