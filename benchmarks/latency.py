@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -358,7 +358,7 @@ def create_runner(backend: str, *, model: str | None = None, weights: str | None
         if default_library is None:
             raise EdgeError("tvm-default needs the package's default-lowering library (edge-bench builds it)")
         # the same package run with the other library: TVMBackend's checks and thread setup apply unchanged
-        pkg = replace(pkg, meta={**pkg.meta, "target": {**pkg.meta["target"], "library": str(default_library)}})
+        pkg = pkg.with_library(Path(default_library))
     if backend == "onnxruntime":
         import onnxruntime as ort
 
@@ -370,7 +370,7 @@ def create_runner(backend: str, *, model: str | None = None, weights: str | None
     sync = tvm.cuda(0).sync if backend == "tvm-cuda" else None
     info = {"version": tvm.__version__, "runtime_only": os.environ.get("TVM_USE_RUNTIME_LIB") == "1",
             "num_threads_env": os.environ.get("TVM_NUM_THREADS"),
-            "target": pkg.meta.get("target", {}).get("tvm_target"),
+            "target": pkg.info.target.tvm_target,
             "lowering": "TVM default (no hand-written kernels)" if backend == "tvm-default" else "package library",
             "library": str(pkg.library)}
     return Runner(backend, b.device, threads, b, sync, info)

@@ -46,7 +46,7 @@ BLOCK = (
 TORCH_CASE = VMHWM + (
     "import json, sys, time\n"
     "import cv2, numpy as np, torch\n"
-    "from edge.segment import Preprocess\n"
+    "from edge.package import Preprocess\n"
     "from models import create_model\n"
     "threads, weights, image = int(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
     "torch.set_num_threads(threads)\n"
@@ -122,8 +122,7 @@ def make_package(weights: Path, out: Path, tile: tuple[int, int] = (544, 544)) -
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edge.package import host_arch, sha256_file, versions, write_package
-    from edge.segment import Preprocess
+    from edge.package import Preprocess, build_meta, host_arch, sha256_file, versions, write_package
     from models import create_model
 
     work = out.parent / (out.name + ".work")
@@ -139,18 +138,14 @@ def make_package(weights: Path, out: Path, tile: tuple[int, int] = (544, 544)) -
     target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
     tvm.compile(mod, target=target).export_library(str(lib_path))
     spec = model.spec
-    meta = {
-        "model": {**spec.to_meta(), "untrained": False,
-                  "weights": {"file": Path(weights).name, "sha256": sha256_file(weights)}},
-        "input": {"name": "input", "shape": shape, "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": "logits", "kind": "logits", "activation": "sigmoid"},
-        "preprocess": Preprocess.from_spec(spec).to_meta(),
-        "postprocess": {"threshold": spec.threshold},
-        "tiling": {"tile": list(tile), "overlap": spec.overlap, "blend": "gaussian"},
-        "target": {"preset": "host", "tvm_target": {"kind": "llvm"}, "arch": host_arch(), "device": "cpu",
-                   "library": "model.so"},
-        "versions": versions(("tvm", "torch")),
-    }
+    meta = build_meta(
+        model={**spec.to_meta(), "untrained": False, "weights": {"file": Path(weights).name,
+                                                                 "sha256": sha256_file(weights)}},
+        input_name="input", shape=shape, output_name="logits", preprocess=Preprocess.from_spec(spec),
+        threshold=spec.threshold, overlap=spec.overlap,
+        target={"preset": "host", "tvm_target": {"kind": "llvm"}, "arch": host_arch(), "device": "cpu",
+                "library": "model.so"},
+        versions=versions(("tvm", "torch")))
     write_package(out, meta, {"model.onnx": onnx_path, "model.so": lib_path})
     return out
 

@@ -62,7 +62,7 @@ def torch_probs(model, image_rgb: np.ndarray) -> np.ndarray:
     """Whole-image probabilities (H, W) float32; the sides must be multiples of 16."""
     import torch
 
-    from edge.segment import Preprocess
+    from edge.package import Preprocess
 
     x = torch.from_numpy(Preprocess.from_spec(model.spec).image(image_rgb))
     with torch.inference_mode():
@@ -73,7 +73,7 @@ def torch_tile_predictor(model):
     """(1, 3, th, tw) uint8 tile -> (1, 1, th, tw) probabilities, as edge.segment does (blend probabilities)."""
     import torch
 
-    from edge.segment import Preprocess
+    from edge.package import Preprocess
 
     prep = Preprocess.from_spec(model.spec)
 

@@ -65,12 +65,11 @@ def ensure_package(model: str, target: str, size: tuple[int, int] | None, weight
     fresh = stamp.is_file() and json.loads(stamp.read_text() or "{}").get("fingerprint") == fingerprint
     if fresh and (out / "meta.json").is_file():
         try:
-            meta = load_package(out).meta
-            have_sha = (meta["model"].get("weights") or {}).get("sha256")
-            same_source = have_sha == want_sha if want_sha else bool(meta["model"].get("untrained"))
-            same_size = size is None or meta["input"]["shape"][2:] == list(size)
-            if (same_source and same_size and meta["target"]["preset"] == target
-                    and meta["versions"].get("tvm") == installed_tvm_version()):
+            info = load_package(out).info
+            same_source = info.model.weights_sha256 == want_sha if want_sha else info.model.untrained
+            same_size = size is None or list(info.input.shape[2:]) == list(size)
+            if (same_source and same_size and info.target.preset == target
+                    and info.target.tvm_version == installed_tvm_version()):
                 log(f"reusing {out}")
                 return out
         except (EdgeError, KeyError):
@@ -95,7 +94,7 @@ def ensure_default_library(package: str | Path, outdir: Path) -> Path | None:
     pkg = load_package(package)
     if pkg.library is None:
         return None
-    preset = pkg.meta.get("target", {}).get("preset")
+    preset = pkg.info.target.preset
     if preset not in list_targets():
         raise EdgeError(f"tvm-default: package {pkg.path} was exported for target {preset!r}, not a preset; "
                         "export it with a named --target to compare TVM's default lowering")
@@ -205,10 +204,10 @@ def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Art
         if registered and plan.weights is None:
             log(f"note: the PyTorch case of package {p} uses random weights (a package holds no .pth; "
                 "pass --weights); latency does not depend on weight values")
-        m = pkg.meta["model"]
+        m = pkg.info.model
         arm64 = pkg.arch == "aarch64" and pkg.library is not None
         # With --rpc-tracker the package itself goes to the board (typically an arm64 package).
-        return [Artifact(name, registered, plan.weights, tile, int(m.get("divisor", 16)), int(m.get("overlap", 0)),
+        return [Artifact(name, registered, plan.weights, tile, m.divisor, m.overlap,
                          package=str(p), remote_package=str(p) if plan.rpc_tracker else None,
                          a72_package=str(p) if plan.a72_proxy and arm64 else None)]
     if item.lower().endswith(".onnx"):
@@ -216,10 +215,10 @@ def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Art
             raise EdgeError(f"ONNX file not found: {p}")
         pkg_dir = ensure_package(str(p), host_target(), None, None, outdir)
         pkg = load_package(pkg_dir)
-        m = pkg.meta["model"]
+        m = pkg.info.model
         a72 = str(ensure_package(str(p), "arm64", None, None, outdir)) if plan.a72_proxy else None
-        return [Artifact(pkg.model_name, False, None, list(pkg.tile), int(m.get("divisor", 16)),
-                         int(m.get("overlap", 0)), package=str(pkg_dir), a72_package=a72)]
+        return [Artifact(pkg.model_name, False, None, list(pkg.tile), m.divisor, m.overlap,
+                         package=str(pkg_dir), a72_package=a72)]
     from models import get_spec
 
     spec = get_spec(item)

@@ -226,7 +226,7 @@ def run_remote(package_dir: str | Path, tracker: str = DEFAULT_TRACKER, key: str
                                         session_timeout_s=timeout_s)
     # the tracker does not say which of several servers it picked; with one (the usual case) it is that one
     address = addresses[0] if len(addresses) == 1 else " or ".join(addresses)
-    name = f"vessel_edge_{pkg.meta['files'][pkg.library.name]['sha256'][:12]}.so"
+    name = f"vessel_edge_{pkg.info.files[pkg.library.name]['sha256'][:12]}.so"
     try:
         t0 = time.perf_counter()
         remote.upload(str(pkg.library), target=name)

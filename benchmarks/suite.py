@@ -302,7 +302,7 @@ def _complexity(art: Artifact) -> dict:
 
         net = create_model(art.model, weights=art.weights)
     rec = measure(art.model, pkg.input_shape, onnx_path=pkg.onnx, net=net, weights=art.weights, library=pkg.library)
-    planned, unplanned, status = tvm_planned_memory(pkg.onnx, pkg.meta["input"]["name"], list(pkg.input_shape))
+    planned, unplanned, status = tvm_planned_memory(pkg.onnx, pkg.info.input.name, list(pkg.input_shape))
     rec.tvm_planned_mib, rec.tvm_unplanned_mib, rec.tvm_planned_status = planned, unplanned, status
     return rec.to_json()
 

@@ -82,7 +82,7 @@ def check_tvm(pkg: Package) -> None:
     if have is None:
         raise PackageError("TVM is not installed; install it with `pip install 'vessel-edge[tvm]'` "
                            "or use --backend onnxruntime")
-    built = pkg.meta.get("versions", {}).get("tvm")
+    built = pkg.info.target.tvm_version
     if built and _major_minor(built) != _major_minor(have):
         raise PackageError(f"package library was built with TVM {built}, this machine has TVM {have}; "
                            f"install TVM {'.'.join(_major_minor(built))} or re-export the package with TVM {have}")

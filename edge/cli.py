@@ -381,7 +381,7 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
             rep.metrics = result.confusion.to_dict()
             pooled = result.confusion if pooled is None else pooled + result.confusion
         cost = result.tiles * pkg.tile[0] * pkg.tile[1] / (shape[0] * shape[1])
-        planned = pkg.meta.get("tiling", {}).get("planned_for")
+        planned = pkg.info.tiling.planned_for
         if planned and cost > 2 * float(planned.get("cost_factor", 1.0)):
             th, tw = pkg.tile
             tqdm.write(f"notice: {path}: this package's {th}x{tw} tile was planned for {planned['image'][0]}x"
@@ -403,7 +403,7 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
         "arch": host_arch(),
         "python": platform.python_version(),
         "package": {"path": str(pkg.path.resolve()), "model": pkg.model_name, "arch": pkg.arch,
-                    "target": pkg.meta.get("target", {}).get("preset")},
+                    "target": pkg.info.target.preset},
         "backend": {"name": choice.backend.name, "requested": choice.requested, "fallback": choice.fallback,
                     "threads": threads, "cores": cores, "device": choice.backend.device},
         "options": options,

@@ -17,7 +17,7 @@ import os
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,27 +73,164 @@ def sha256_file(path: str | Path) -> str:
 
 
 @dataclass(frozen=True)
+class ModelSection:
+    name: str
+    divisor: int = 1  # tile sides must be multiples of it
+    overlap: int = 0  # the model's receptive-field overlap, the tiling default
+    untrained: bool = False
+    weights_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class InputSection:
+    name: str
+    shape: tuple[int, int, int, int]  # N, C, H, W
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """``x = (pixel[channel_order] * scale - mean) / std``, per channel, float32 NCHW (meta.json 'preprocess')."""
+
+    channel_order: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> Preprocess:
+        """The scaling of a model spec (``models.ModelSpec``: RGB pixels 0..255, ``(x / 255 - mean) / std``), what
+        edge-export records in meta.json; PyTorch runs on the host use it to feed a model as the runtime does."""
+        return cls("RGB", 1.0 / 255.0, tuple(map(float, spec.mean)), tuple(map(float, spec.std)))
+
+    def to_meta(self) -> dict[str, Any]:
+        """The ``preprocess`` section of meta.json."""
+        return {"channel_order": self.channel_order, "scale": self.scale, "mean": list(self.mean),
+                "std": list(self.std)}
+
+    def image(self, image_hwc: Any) -> Any:
+        """An (H, W, C) image -> the (1, C, H, W) float32 network input."""
+        import numpy as np
+
+        return self(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)[None]))
+
+    def __call__(self, tile_nchw: Any) -> Any:
+        import numpy as np
+
+        # (p * scale - mean) / std as one multiply-add per pixel: p * (scale / std) + (-mean / std)
+        mean = np.asarray(self.mean, np.float64).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float64).reshape(1, -1, 1, 1)
+        gain = (self.scale / std).astype(np.float32)
+        offset = (-mean / std).astype(np.float32)
+        src = tile_nchw[:, ::-1] if self.channel_order == "BGR" else tile_nchw
+        x = np.multiply(src, gain, dtype=np.float32)
+        x += offset
+        return x
+
+
+@dataclass(frozen=True)
+class TilingSection:
+    overlap: int
+    blend: str = "gaussian"
+    threshold: float = 0.5  # meta.json 'postprocess.threshold'
+    planned_for: dict[str, Any] | None = None  # edge-export --image-size: the image size the tile was planned for
+
+
+@dataclass(frozen=True)
+class TargetSection:
+    preset: str | None = None
+    arch: str | None = None
+    device: str = "cpu"
+    library: str | None = None  # member name of the compiled library; None for an ONNX-only package
+    tvm_target: dict[str, Any] = field(default_factory=dict)
+    tvm_version: str | None = None  # meta.json 'versions.tvm': the TVM the library was built with
+
+
+@dataclass(frozen=True)
+class PackageMeta:
+    """``meta.json`` read once: every section the runtime and the benchmarks use, typed, with the defaults of
+    optional keys decided here and nowhere else. ``raw`` is the JSON as written (provenance: parity,
+    complexity, tuning, versions), for reports only."""
+
+    model: ModelSection
+    input: InputSection
+    activation: str
+    preprocess: Preprocess | None  # None: a package that only benchmarks (it cannot segment a photograph)
+    tiling: TilingSection
+    target: TargetSection
+    files: dict[str, dict[str, Any]]
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, p: Path, raw: Any) -> PackageMeta:
+        """Validate ``raw`` (format, schema version, every key's type: :func:`check_meta`) and build the sections."""
+        check_meta(p, raw)
+        m, i, t, tg = raw["model"], raw["input"], raw.get("tiling", {}), raw["target"]
+        pre = raw.get("preprocess")
+        order = str((pre or {}).get("channel_order", "RGB")).upper()
+        if order not in ("RGB", "BGR"):
+            raise PackageError(f"package {p} asks for channel order {order!r}; this runtime knows RGB and BGR; "
+                               "re-export it")
+        weights = m.get("weights")
+        return cls(
+            model=ModelSection(m["name"], int(m.get("divisor", 1)), int(m.get("overlap", 0)),
+                               bool(m.get("untrained", False)),
+                               weights.get("sha256") if isinstance(weights, dict) else None),
+            input=InputSection(i["name"], tuple(i["shape"])),  # type: ignore[arg-type]
+            activation=str(raw.get("output", {}).get("activation", "sigmoid")).lower(),
+            preprocess=None if pre is None else Preprocess(order, float(pre["scale"]), tuple(map(float, pre["mean"])),
+                                                           tuple(map(float, pre["std"]))),
+            tiling=TilingSection(int(t.get("overlap", m.get("overlap", 0))), str(t.get("blend", "gaussian")),
+                                 float(raw.get("postprocess", {}).get("threshold", 0.5)), t.get("planned_for")),
+            target=TargetSection(tg.get("preset"), tg.get("arch"), tg.get("device", "cpu"), tg.get("library"),
+                                 dict(tg.get("tvm_target") or {}), raw.get("versions", {}).get("tvm")),
+            files=raw["files"], raw=raw)
+
+
+def build_meta(*, model: dict[str, Any], input_name: str, shape: list[int], output_name: str,
+               preprocess: Preprocess, threshold: float, overlap: int, target: dict[str, Any],
+               planned_for: dict[str, Any] | None = None, **provenance: Any) -> dict[str, Any]:
+    """The ``meta.json`` sections every package has, in one place (edge-export and the benchmarks' hand-built
+    packages both write through here, then :func:`write_package` adds the format, version and inventory);
+    ``provenance`` sections (parity, complexity, tuning, versions, ...) are recorded as given."""
+    return {
+        "model": model,
+        "input": {"name": input_name, "shape": list(shape), "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": output_name, "kind": "logits", "activation": "sigmoid"},
+        "preprocess": preprocess.to_meta(),
+        "postprocess": {"threshold": threshold},
+        "tiling": {"tile": list(shape[2:]), "overlap": overlap, "blend": "gaussian",
+                   **({"planned_for": planned_for} if planned_for else {})},
+        "target": target,
+        **provenance,
+    }
+
+
+@dataclass(frozen=True)
 class Package:
-    """A validated package directory. ``meta`` is the parsed ``meta.json``."""
+    """A validated package directory: its typed ``info`` (:class:`PackageMeta`); ``meta`` is the raw JSON."""
 
     path: Path
-    meta: dict[str, Any]
+    info: PackageMeta
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.info.raw
 
     @property
     def model_name(self) -> str:
-        return self.meta["model"]["name"]
+        return self.info.model.name
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        return tuple(self.meta["input"]["shape"])  # type: ignore[return-value]
+        return self.info.input.shape
 
     @property
     def tile(self) -> tuple[int, int]:
-        return tuple(self.meta["input"]["shape"][2:])  # type: ignore[return-value]
+        return self.info.input.shape[2], self.info.input.shape[3]
 
     @property
     def library(self) -> Path | None:
-        lib = self.meta.get("target", {}).get("library")
+        lib = self.info.target.library
         return self.path / lib if lib else None
 
     @property
@@ -102,11 +239,15 @@ class Package:
 
     @property
     def arch(self) -> str | None:
-        return self.meta.get("target", {}).get("arch")
+        return self.info.target.arch
 
     @property
     def device_kind(self) -> str:
-        return self.meta.get("target", {}).get("device", "cpu")
+        return self.info.target.device
+
+    def with_library(self, library: Path) -> Package:
+        """The same package run with another compiled library (benchmarks: TVM's default lowering of its graph)."""
+        return replace(self, info=replace(self.info, target=replace(self.info.target, library=str(library))))
 
     def tvm_runnable_here(self) -> tuple[bool, str]:
         """Whether the compiled library can run on this machine, and why not."""
@@ -277,9 +418,9 @@ def load_package(path: str | Path | None = None, verify: bool = True) -> Package
                            "package") from exc
     except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
         raise PackageError(f"{p / META} is not readable JSON ({exc}); re-export the package") from exc
-    check_meta(p, meta)
+    info = PackageMeta.from_json(p, meta)
     check_members(p, meta, verify)
-    return Package(p, meta)
+    return Package(p, info)
 
 
 def write_package(out: str | Path, meta: dict[str, Any], members: dict[str, Path], force: bool = False) -> Path:

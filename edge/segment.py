@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -20,53 +19,6 @@ from edge.fov import estimate_fov
 from edge.metrics import Confusion, confusion
 from edge.package import Package
 from edge.tiling import BLENDS, sliding_window_inference
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """``x = (pixel[channel_order] * scale - mean) / std``, per channel, float32 NCHW."""
-
-    channel_order: str
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_package(cls, pkg: Package) -> Preprocess:
-        p = pkg.meta.get("preprocess")
-        if not p:
-            raise PackageError(f"package {pkg.path} has no 'preprocess' section in meta.json; re-export it")
-        order = p.get("channel_order", "RGB").upper()
-        if order not in ("RGB", "BGR"):
-            raise PackageError(f"package {pkg.path} asks for channel order {order!r}; this runtime knows RGB "
-                               "and BGR; re-export it")
-        return cls(order, float(p["scale"]), tuple(map(float, p["mean"])), tuple(map(float, p["std"])))
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> Preprocess:
-        """The scaling of a model spec (``models.ModelSpec``: RGB pixels 0..255, ``(x / 255 - mean) / std``), what
-        edge-export records in meta.json; PyTorch runs on the host use it to feed a model as the runtime does."""
-        return cls("RGB", 1.0 / 255.0, tuple(map(float, spec.mean)), tuple(map(float, spec.std)))
-
-    def to_meta(self) -> dict[str, Any]:
-        """The ``preprocess`` section of meta.json."""
-        return {"channel_order": self.channel_order, "scale": self.scale, "mean": list(self.mean),
-                "std": list(self.std)}
-
-    def image(self, image_hwc: np.ndarray) -> np.ndarray:
-        """An (H, W, C) image -> the (1, C, H, W) float32 network input."""
-        return self(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)[None]))
-
-    def __call__(self, tile_nchw: np.ndarray) -> np.ndarray:
-        # (p * scale - mean) / std as one multiply-add per pixel: p * (scale / std) + (-mean / std)
-        mean = np.asarray(self.mean, np.float64).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, np.float64).reshape(1, -1, 1, 1)
-        gain = (self.scale / std).astype(np.float32)
-        offset = (-mean / std).astype(np.float32)
-        src = tile_nchw[:, ::-1] if self.channel_order == "BGR" else tile_nchw
-        x = np.multiply(src, gain, dtype=np.float32)
-        x += offset
-        return x
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -86,7 +38,7 @@ _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def activation_of(pkg: Package) -> Callable[[np.ndarray], np.ndarray]:
-    name = str(pkg.meta.get("output", {}).get("activation", "sigmoid")).lower()
+    name = pkg.info.activation
     if name not in _ACTIVATIONS:
         raise PackageError(f"package {pkg.path} declares output activation {name!r}; this runtime knows "
                            f"{', '.join(_ACTIVATIONS)}; re-export it")
@@ -116,22 +68,21 @@ class SegmentResult:
 def resolve_options(package: Package, threshold: float | None = None, overlap: int | None = None,
                     blend: str | None = None) -> tuple[float, int, str]:
     """Threshold, overlap and blend mode: the caller's, else the package's meta.json, validated."""
-    meta = package.meta
-    tiling = meta.get("tiling", {})
+    tiling = package.info.tiling
     tile = min(package.tile)
     if threshold is None:
-        threshold = float(meta.get("postprocess", {}).get("threshold", 0.5))
+        threshold = tiling.threshold
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold {threshold} is outside [0, 1]; pass --threshold between 0 and 1")
     if overlap is None:
-        overlap = int(tiling.get("overlap", meta.get("model", {}).get("overlap", 0)))
+        overlap = tiling.overlap
         if not 0 <= overlap < tile:
             raise PackageError(f"package {package.path} sets tile overlap {overlap}, which does not fit its "
                                f"{package.tile[0]}x{package.tile[1]} tiles; pass --overlap below {tile}")
     elif not 0 <= overlap < tile:
         raise InputError(f"overlap {overlap} must be >= 0 and smaller than the tile side {tile}; "
                          f"pass --overlap between 0 and {tile - 1}")
-    blend = look_up_option(blend or tiling.get("blend", "gaussian"), BLENDS, "blend mode")
+    blend = look_up_option(blend or tiling.blend, BLENDS, "blend mode")
     return threshold, int(overlap), blend
 
 
@@ -155,14 +106,15 @@ def segment(
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"segment needs an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    meta = package.meta
     h, w = image.shape[:2]
     threshold, overlap, blend = resolve_options(package, threshold, overlap, blend)
-    divisor = int(meta.get("model", {}).get("divisor", 1))
+    divisor = package.info.model.divisor
     n, c, th, tw = package.input_shape
     if c != 3:
         raise PackageError(f"package {package.path} expects {c} input channels; this runtime feeds RGB (3)")
-    preprocess = Preprocess.from_package(package)
+    preprocess = package.info.preprocess
+    if preprocess is None:
+        raise PackageError(f"package {package.path} has no 'preprocess' section in meta.json; re-export it")
     activation = activation_of(package)
 
     timings = {"fov_ms": 0.0, "inference_ms": 0.0}

@@ -9,14 +9,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from edge import package as pkgfmt
 from edge.errors import EdgeError
 from export import onnx_stage, tvm_stage
 from export.complexity import count
-from export.targets import TargetPreset, get_target, host_preset
+from export.targets import get_target, host_preset
 
 
 @dataclass
@@ -179,27 +178,19 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
 
         from export.tuning import tuning_key
 
-        meta = {
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": meta_model,
-            "input": {"name": name, "shape": list(shape), "dtype": "float32", "layout": "NCHW"},
-            "output": {"name": s.graph.output[0].name, "kind": "logits", "activation": "sigmoid"},
-            "preprocess": {"channel_order": "RGB", "scale": 1.0 / 255.0, "mean": meta_model["mean"],
-                           "std": meta_model["std"]},
-            "postprocess": {"threshold": meta_model["threshold"]},
-            "tiling": {"tile": list(shape[2:]), "overlap": meta_model["overlap"], "blend": "gaussian",
-                       **({"planned_for": tile_plan} if tile_plan else {})},
-            "target": {"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
-                       "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
-                       "tuning_key": tuning_key(preset)},
-            "tuning": {"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks,
-                       "hand_kernels": compiled.hand_kernels, "default_lowering": list(compiled.default_kernels)},
-            "versions": pkgfmt.versions(("torch", "onnx", "onnxsim", "onnxruntime", "tvm", "tvm_ffi", "vessel_edge")),
-            "host": {"machine": platform.machine(), "cpu": _host_cpu_name()},
-            "parity": parity,
-            "complexity": complexity.to_meta(),
-            "warnings": warns,
-        }
+        meta = pkgfmt.build_meta(
+            model=meta_model, input_name=name, shape=shape, output_name=s.graph.output[0].name,
+            preprocess=pkgfmt.Preprocess("RGB", 1.0 / 255.0, tuple(meta_model["mean"]), tuple(meta_model["std"])),
+            threshold=meta_model["threshold"], overlap=meta_model["overlap"], planned_for=tile_plan,
+            target={"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
+                    "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
+                    "tuning_key": tuning_key(preset)},
+            created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            tuning={"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks,
+                    "hand_kernels": compiled.hand_kernels, "default_lowering": list(compiled.default_kernels)},
+            versions=pkgfmt.versions(("torch", "onnx", "onnxsim", "onnxruntime", "tvm", "tvm_ffi", "vessel_edge")),
+            host={"machine": platform.machine(), "cpu": _host_cpu_name()},
+            parity=parity, complexity=complexity.to_meta(), warnings=warns)
         outdir = Path(out) if out else Path("packages") / f"{meta_model['name']}-{preset.name}-{shape[2]}x{shape[3]}"
         t0 = time.perf_counter()
         pkgfmt.write_package(outdir, meta, {pkgfmt.ONNX: tmp / pkgfmt.ONNX, pkgfmt.LIBRARY: lib}, force=force)

@@ -30,7 +30,7 @@ def agreement(weights: str | Path, reference: str | Path, sizes: tuple[int, ...]
 
     from edge.fov import estimate_fov
     from edge.metrics import confusion
-    from edge.segment import Preprocess
+    from edge.package import Preprocess
     from models import create_model
 
     ours = create_model(model, weights=weights)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge.segment import Preprocess
+from edge.package import Preprocess
 from edge.tiling import sliding_window_inference
 
 

@@ -35,7 +35,7 @@ from edge.errors import EdgeError, parse_size, run_cli
 from edge.imageio import output_folder, write_atomic
 from edge.metrics import Confusion, confusion
 from edge.package import versions
-from edge.segment import Preprocess
+from edge.package import Preprocess
 from models.train import augment as aug
 from models.train.datasets import DATASETS, Loaded, load_sample, load_split
 from models.train.losses import LOSSES

@@ -6,7 +6,7 @@ import pytest
 
 from edge.backends import create_backend
 from edge.errors import InputError, PackageError
-from edge.package import Package, load_package
+from edge.package import Package, PackageMeta, load_package
 from edge.segment import segment, sigmoid
 
 
@@ -19,7 +19,7 @@ def with_meta(pkg: Package, **sections) -> Package:
     meta = {k: (dict(v) if isinstance(v, dict) else v) for k, v in pkg.meta.items()}
     for name, values in sections.items():
         meta[name] = {**meta[name], **values}
-    return Package(pkg.path, meta)
+    return Package(pkg.path, PackageMeta.from_json(pkg.path, meta))
 
 
 def constant_logits(value: float):
