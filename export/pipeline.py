@@ -6,16 +6,18 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edge import package as pkgfmt
 from edge.errors import EdgeError
 from export import onnx_stage, tvm_stage
-from export.complexity import count
-from export.targets import get_target, host_preset
+from export.complexity import Complexity, count
+from export.targets import TargetPreset, get_target, host_preset
 
 
 @dataclass
@@ -33,155 +35,207 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Run:
+    """What every stage adds to: its timing row, warnings for the user, parity records for meta.json."""
+
+    log: Callable[[str], None]
+    stages: list[Stage] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    parity: list[dict] = field(default_factory=list)
+
+    def timed(self, name: str, t0: float, detail: str) -> None:
+        self.stages.append(Stage(name, time.perf_counter() - t0, detail))
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Stage 1: the model as an ONNX graph that runs, with what meta.json says of the model."""
+
+    graph: onnx.ModelProto
+    input_name: str
+    shape: list[int]
+    model_meta: dict
+    torch_params: int | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedOnnx:
+    """Stage 2: the simplified graph (checked against the source), a sample input and its ONNX Runtime output."""
+
+    graph: onnx.ModelProto
+    input_name: str
+    shape: list[int]
+    sample: np.ndarray
+    reference: np.ndarray
+    complexity: Complexity
+
+
+@dataclass(frozen=True)
+class Library:
+    """Stage 3: the compiled library, checked against ONNX Runtime (on this host, or on a host twin)."""
+
+    compiled: tvm_stage.Compiled
+
+
+def load_source(model: str, weights: str | Path | None, input_size: tuple[int, int] | None, tmp: Path,
+                run: Run) -> Source:
+    """A registered model (exported from PyTorch, parity checked) or an ONNX file (repaired, shape fixed)."""
+    t0 = time.perf_counter()
+    if model.lower().endswith(".onnx"):
+        if weights is not None:
+            raise EdgeError("--weights applies to registered models; an ONNX file carries its own weights")
+        from export.legacy import repair
+
+        m, changes = repair(onnx_stage.load_onnx(Path(model)))
+        for c in changes:
+            run.log(f"repaired: {c}")
+        name, shape, _ = onnx_stage.io_signature(m)
+        if input_size is not None:
+            shape = [1, shape[1] if len(shape) > 1 and shape[1] > 0 else 3, *input_size]
+        if len(shape) != 4 or min(shape) <= 0:
+            raise EdgeError(f"the ONNX input '{name}' has shape {shape}; pass --input-size HxW for a fixed shape")
+        if input_size is not None:
+            m = onnx_stage.with_input_shape(m, name, shape)
+        onnx_stage.ort_run(m, onnx_stage.sample_input(tuple(shape)))  # the repaired graph must run first
+        # An ONNX file says nothing of its receptive field: overlap a quarter of the tile (64 px at most).
+        meta_model = {"name": Path(model).stem, "source": "onnx", "divisor": 16, "mean": [0.0] * 3,
+                      "std": [1.0] * 3, "output": "logits", "threshold": 0.5,
+                      "overlap": min(64, min(shape[2:]) // 4), "default_tile": shape[2:], "untrained": False,
+                      "weights": {"file": Path(model).name, "sha256": pkgfmt.sha256_file(model)},
+                      "repairs": changes}
+        run.warn("ONNX input: the output is assumed to be logits of inputs scaled to [0, 1] (no mean/std); "
+                 "check meta.json if your model differs")
+        run.timed("load + repair onnx", t0, f"{len(changes)} repairs" if changes else "valid as is")
+        return Source(m, name, list(shape), meta_model)
+
+    from models import create_model, get_spec
+    from models.weights import shipped_weights
+
+    spec = get_spec(model)
+    size = input_size or spec.default_tile
+    spec.check_size(*size)
+    weights = weights if weights is not None else shipped_weights(spec.name)
+    if weights is None:
+        msg = (f"WARNING: no --weights and no shipped weights for '{spec.name}': exporting RANDOM weights; "
+               "the package is marked untrained and will not segment vessels")
+        run.warn(msg)
+        run.log(msg)
+    net = create_model(spec.name, weights=weights)
+    shape = [1, spec.in_channels, *size]
+    m, p = onnx_stage.torch_to_onnx(net, tuple(shape), tmp / "raw.onnx")
+    run.parity.append(p.to_meta())
+    meta_model = {**spec.to_meta(), "source": "registry", "untrained": weights is None,
+                  "weights": None if weights is None else
+                  {"file": Path(weights).name, "sha256": pkgfmt.sha256_file(weights)}}
+    run.timed("torch -> onnx", t0, _parity_detail(p))
+    return Source(m, onnx_stage.INPUT_NAME, shape, meta_model, sum(q.numel() for q in net.parameters()))
+
+
+def verify_onnx(src: Source, out: Path, run: Run) -> VerifiedOnnx:
+    """Simplify the source graph with onnxsim (checked against it) and save it as the package's ONNX."""
+    t0 = time.perf_counter()
+    x = onnx_stage.sample_input(tuple(src.shape))
+    s, p, (n_before, n_after) = onnx_stage.simplify(src.graph, x)
+    run.parity.append(p.to_meta())
+    onnx.save(s, str(out))
+    run.timed("onnxsim", t0, f"nodes {n_before} -> {n_after}, max|dp| {p.max_abs_diff:.1e}")
+    complexity = count(s)
+    if src.torch_params is not None:
+        complexity.params = src.torch_params
+    return VerifiedOnnx(s, src.input_name, src.shape, x, onnx_stage.ort_run(s, x), complexity)
+
+
+def build_library(v: VerifiedOnnx, preset: TargetPreset, out: Path, cuda_arch: str | None, database,
+                  run: Run) -> Library:
+    """Compile for ``preset`` and check the library against ONNX Runtime: on this host when it can run here,
+    else on a host twin compiled from the same graph (the device itself is checked by edge-bench/tests)."""
+    t0 = time.perf_counter()
+    run.log(f"compiling for {preset.name} ({preset.description})")
+    compiled = tvm_stage.compile_library(v.graph, v.input_name, v.shape, preset, out, cuda_arch, database)
+    detail = f"{out.stat().st_size / 1e6:.2f} MB"
+    if compiled.tuning_db:
+        detail += f", {compiled.tuned_tasks} tuned kernels"
+    run.timed(f"tvm compile ({preset.name})", t0, detail)
+
+    t0 = time.perf_counter()
+    if not preset.is_cross and preset.device == "cpu":
+        p = onnx_stage.compare(f"tvm {preset.name}", "onnxruntime", tvm_stage.run_library(out, v.sample),
+                               v.reference).require()
+        run.parity.append({**p.to_meta(), "ran_on": "target"})
+    else:
+        twin = host_preset()
+        run.log(f"compiling a host twin ({twin.name}) to check numerics before the device")
+        twin_lib = out.with_name("twin.so")
+        tvm_stage.compile_library(v.graph, v.input_name, v.shape, twin, twin_lib)
+        p = onnx_stage.compare(f"tvm host twin ({twin.name})", "onnxruntime",
+                               tvm_stage.run_library(twin_lib, v.sample), v.reference).require()
+        run.parity.append({**p.to_meta(), "ran_on": "host twin"})
+        twin_lib.unlink()
+    run.timed("tvm parity", t0, _parity_detail(p))
+    return Library(compiled)
+
+
+def tuning_database(v: VerifiedOnnx, model_name: str, preset: TargetPreset, tuning_db: str | Path | None,
+                    tune_trials: int, cuda_arch: str | None, rpc, run: Run):
+    """Tune into ``tuning_db`` when asked, then open the database the compile applies: the given one, else the
+    one shipped for this preset, model and tile (None when there is none)."""
+    from export.tuning import open_database, shipped_database, tune
+
+    db = Path(tuning_db) if tuning_db else None
+    if tune_trials > 0:
+        if db is None:
+            raise EdgeError("--tune needs --tuning-db DIR to write the database into")
+        t0 = time.perf_counter()
+        run.log(f"tuning {tune_trials} trials for {preset.name} into {db} (this takes a while)")
+        n_tasks = tune(v.graph, v.input_name, v.shape, preset, db, tune_trials, cuda_arch=cuda_arch, rpc=rpc)
+        run.timed("tune (MetaSchedule)", t0, f"{tune_trials} trials over {n_tasks} kernels" if n_tasks else
+                  "nothing to tune: every fused kernel is hand-written (empty database)")
+    if db is None:
+        db = shipped_database(preset, model_name, (v.shape[2], v.shape[3]))
+    return None if db is None else open_database(db, preset, cuda_arch)
+
+
 def export_model(model: str, target: str = "x86_64", weights: str | Path | None = None,
                  input_size: tuple[int, int] | None = None, out: str | Path | None = None,
                  cuda_arch: str | None = None, tuning_db: str | Path | None = None, tune_trials: int = 0,
                  force: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
                  tile_plan: dict | None = None, log=tvm_stage.progress) -> ExportResult:
-    """Run every stage, verify each against the previous one, and write the package atomically.
+    """Run every stage (source -> verified ONNX -> library -> package), each checked against the previous one,
+    and write the package atomically.
 
     ``model`` is a registered name or a path to an ``.onnx`` file. Raises :class:`EdgeError` on any failure;
     nothing is written then. ``tile_plan``: the camera image size the tile was planned for (``edge-export
     --image-size``), recorded under ``tiling.planned_for``.
     """
+    from export.tuning import rpc_endpoint, tuning_key
+
     preset = get_target(target)
     preset.check_toolchain()
     rpc = None
     if rpc_tracker or rpc_key:
-        from export.tuning import rpc_endpoint
-
         if tune_trials <= 0:
             raise EdgeError("--rpc-tracker/--rpc-key only serve tuning: add --tune N --tuning-db DIR")
         rpc = rpc_endpoint(rpc_tracker, rpc_key)  # checked (and the tracker reached) before any work
     elif tune_trials > 0 and preset.is_cross:
         raise EdgeError(f"tuning for {preset.name} must measure on the device: pass --rpc-tracker HOST:PORT "
                         "--rpc-key KEY (a board or the emulated userland running a TVM RPC server)")
-    stages: list[Stage] = []
-    warns: list[str] = []
-    parity: list[dict] = []
-    is_onnx = model.lower().endswith(".onnx")
-    meta_model: dict
-    torch_params = None
-
+    run = Run(log)
     with tempfile.TemporaryDirectory(prefix="edge-export-") as tmpd:
         tmp = Path(tmpd)
-        t0 = time.perf_counter()
-        if is_onnx:
-            if weights is not None:
-                raise EdgeError("--weights applies to registered models; an ONNX file carries its own weights")
-            from export.legacy import repair
+        src = load_source(model, weights, input_size, tmp, run)
+        v = verify_onnx(src, tmp / pkgfmt.ONNX, run)
+        database = tuning_database(v, src.model_meta["name"], preset, tuning_db, tune_trials, cuda_arch, rpc, run)
+        compiled = build_library(v, preset, tmp / pkgfmt.LIBRARY, cuda_arch, database, run).compiled
 
-            src = onnx_stage.load_onnx(Path(model))
-            m, changes = repair(src)
-            for c in changes:
-                log(f"repaired: {c}")
-            name, shape, _ = onnx_stage.io_signature(m)
-            if input_size is not None:
-                shape = [1, shape[1] if len(shape) > 1 and shape[1] > 0 else 3, *input_size]
-            if len(shape) != 4 or min(shape) <= 0:
-                raise EdgeError(f"the ONNX input '{name}' has shape {shape}; pass --input-size HxW for a fixed shape")
-            if input_size is not None:
-                m = onnx_stage.with_input_shape(m, name, shape)
-            x = onnx_stage.sample_input(tuple(shape))
-            onnx_stage.ort_run(m, x)  # the repaired graph must run before anything else
-            # An ONNX file says nothing of its receptive field: overlap a quarter of the tile (64 px at most).
-            meta_model = {"name": Path(model).stem, "source": "onnx", "divisor": 16, "mean": [0.0] * 3,
-                          "std": [1.0] * 3, "output": "logits", "threshold": 0.5,
-                          "overlap": min(64, min(shape[2:]) // 4),
-                          "default_tile": shape[2:], "untrained": False,
-                          "weights": {"file": Path(model).name, "sha256": pkgfmt.sha256_file(model)},
-                          "repairs": changes}
-            warns.append("ONNX input: the output is assumed to be logits of inputs scaled to [0, 1] "
-                         "(no mean/std); check meta.json if your model differs")
-            stages.append(Stage("load + repair onnx", time.perf_counter() - t0,
-                                f"{len(changes)} repairs" if changes else "valid as is"))
-        else:
-            from models import create_model, get_spec
-            from models.weights import shipped_weights
-
-            spec = get_spec(model)
-            size = input_size or spec.default_tile
-            spec.check_size(*size)
-            untrained = False
-            if weights is None:
-                weights = shipped_weights(spec.name)
-            if weights is None:
-                untrained = True
-                msg = (f"WARNING: no --weights and no shipped weights for '{spec.name}': exporting RANDOM weights; "
-                       "the package is marked untrained and will not segment vessels")
-                warns.append(msg)
-                log(msg)
-            net = create_model(spec.name, weights=weights)
-            torch_params = sum(p.numel() for p in net.parameters())
-            shape = [1, spec.in_channels, *size]
-            name = onnx_stage.INPUT_NAME
-            m, p = onnx_stage.torch_to_onnx(net, tuple(shape), tmp / "raw.onnx")
-            parity.append(p.to_meta())
-            x = onnx_stage.sample_input(tuple(shape))
-            meta_model = {**spec.to_meta(), "source": "registry", "untrained": untrained,
-                          "weights": None if weights is None else
-                          {"file": Path(weights).name, "sha256": pkgfmt.sha256_file(weights)}}
-            stages.append(Stage("torch -> onnx", time.perf_counter() - t0, _parity_detail(p)))
-
-        t0 = time.perf_counter()
-        s, p, (n_before, n_after) = onnx_stage.simplify(m, x)
-        parity.append(p.to_meta())
-        onnx.save(s, str(tmp / pkgfmt.ONNX))
-        stages.append(Stage("onnxsim", time.perf_counter() - t0,
-                            f"nodes {n_before} -> {n_after}, max|dp| {p.max_abs_diff:.1e}"))
-        ref = onnx_stage.ort_run(s, x)
-        complexity = count(s)
-        if torch_params is not None:
-            complexity.params = torch_params
-
-        db = Path(tuning_db) if tuning_db else None
-        if tune_trials > 0:
-            from export.tuning import tune
-
-            if db is None:
-                raise EdgeError("--tune needs --tuning-db DIR to write the database into")
-            t0 = time.perf_counter()
-            log(f"tuning {tune_trials} trials for {preset.name} into {db} (this takes a while)")
-            n_tasks = tune(s, name, shape, preset, db, tune_trials, cuda_arch=cuda_arch, rpc=rpc)
-            stages.append(Stage("tune (MetaSchedule)", time.perf_counter() - t0,
-                                f"{tune_trials} trials over {n_tasks} kernels" if n_tasks else
-                                "nothing to tune: every fused kernel is hand-written (empty database)"))
-        from export.tuning import open_database, shipped_database
-
-        if db is None:
-            db = shipped_database(preset, meta_model["name"], tuple(shape[2:]))
-        database = None if db is None else open_database(db, preset, cuda_arch)
-
-        t0 = time.perf_counter()
-        log(f"compiling for {preset.name} ({preset.description})")
-        lib = tmp / pkgfmt.LIBRARY
-        compiled = tvm_stage.compile_library(s, name, shape, preset, lib, cuda_arch, database)
-        detail = f"{lib.stat().st_size / 1e6:.2f} MB"
-        if compiled.tuning_db:
-            detail += f", {compiled.tuned_tasks} tuned kernels"
-        stages.append(Stage(f"tvm compile ({preset.name})", time.perf_counter() - t0, detail))
-
-        t0 = time.perf_counter()
-        if not preset.is_cross and preset.device == "cpu":
-            p = onnx_stage.compare(f"tvm {preset.name}", "onnxruntime", tvm_stage.run_library(lib, x), ref).require()
-            parity.append({**p.to_meta(), "ran_on": "target"})
-        else:
-            twin = host_preset()
-            log(f"compiling a host twin ({twin.name}) to check numerics before the device")
-            twin_lib = tmp / "twin.so"
-            tvm_stage.compile_library(s, name, shape, twin, twin_lib)
-            p = onnx_stage.compare(f"tvm host twin ({twin.name})", "onnxruntime",
-                                   tvm_stage.run_library(twin_lib, x), ref).require()
-            parity.append({**p.to_meta(), "ran_on": "host twin"})
-            twin_lib.unlink()
-        stages.append(Stage("tvm parity", time.perf_counter() - t0, _parity_detail(p)))
-
-        from export.tuning import tuning_key
-
+        mm = src.model_meta
         meta = pkgfmt.build_meta(
-            model=meta_model, input_name=name, shape=shape, output_name=s.graph.output[0].name,
-            preprocess=pkgfmt.Preprocess("RGB", 1.0 / 255.0, tuple(meta_model["mean"]), tuple(meta_model["std"])),
-            threshold=meta_model["threshold"], overlap=meta_model["overlap"], planned_for=tile_plan,
+            model=mm, input_name=v.input_name, shape=v.shape, output_name=v.graph.graph.output[0].name,
+            preprocess=pkgfmt.Preprocess("RGB", 1.0 / 255.0, tuple(mm["mean"]), tuple(mm["std"])),
+            threshold=mm["threshold"], overlap=mm["overlap"], planned_for=tile_plan,
             target={"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
                     "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
                     "tuning_key": tuning_key(preset)},
@@ -190,12 +244,14 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                     "hand_kernels": compiled.hand_kernels, "default_lowering": list(compiled.default_kernels)},
             versions=pkgfmt.versions(("torch", "onnx", "onnxsim", "onnxruntime", "tvm", "tvm_ffi", "vessel_edge")),
             host={"machine": platform.machine(), "cpu": _host_cpu_name()},
-            parity=parity, complexity=complexity.to_meta(), warnings=warns)
-        outdir = Path(out) if out else Path("packages") / f"{meta_model['name']}-{preset.name}-{shape[2]}x{shape[3]}"
+            parity=run.parity, complexity=v.complexity.to_meta(), warnings=run.warnings)
+        shape = v.shape
+        outdir = Path(out) if out else Path("packages") / f"{mm['name']}-{preset.name}-{shape[2]}x{shape[3]}"
         t0 = time.perf_counter()
-        pkgfmt.write_package(outdir, meta, {pkgfmt.ONNX: tmp / pkgfmt.ONNX, pkgfmt.LIBRARY: lib}, force=force)
-        stages.append(Stage("write package", time.perf_counter() - t0, str(outdir)))
-    return ExportResult(outdir, meta, stages, warns)
+        pkgfmt.write_package(outdir, meta, {pkgfmt.ONNX: tmp / pkgfmt.ONNX, pkgfmt.LIBRARY: compiled.library},
+                             force=force)
+        run.timed("write package", t0, str(outdir))
+    return ExportResult(outdir, meta, run.stages, run.warnings)
 
 
 def _parity_detail(p: onnx_stage.Parity) -> str:
