@@ -5,15 +5,28 @@ epilogue: 1x1, depthwise, small dense KxK) with a vectorised, register-tiled, pa
 ``tirx.is_scheduled``; anything it does not recognise keeps TVM's default lowering. The kernels take
 their vector width from the target (4 lanes NEON, 8 AVX2, 16 AVX-512), so one code path serves the
 Cortex-A72 and x86.
+
+The modules, and what imports what (arrows one way; no module imports another's private names):
+
+- ``match``: reads what a fused PrimFunc computes (:class:`~export.schedules.match.ConvMatch`); imports none of
+  the others.
+- ``emit``: the one TVMScript emitter: ``Cpu`` / ``cpu_of``, the code writer, epilogue, tiling arithmetic,
+  row staging (``stage_rows``, ``tap``, ``row_span``, ``STAGE_BYTES`` / ``HEAP_STAGE_BYTES``) and the x2 bilinear
+  row; imports ``match``.
+- ``kernels``: the single-convolution kernels and the upsample + concat kernel; imports ``emit``, ``match``.
+- ``graph``: Relax rewrites before legalization and ``rewrite_calls``, the call-rewriting driver; imports
+  ``emit``, ``kernels``.
+- ``fused``: conv -> depthwise -> pointwise chains streamed row by row; imports ``emit``, ``graph``, ``match``.
+- this package: ``apply`` / ``rewrite_graph`` / ``fuse``, what :mod:`export.tvm_stage` calls.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 
-from export.schedules.kernels import Cpu, generate
-from export.schedules.match import ConvMatch, match_conv
+from export.schedules.emit import Cpu, cpu_of
+from export.schedules.kernels import generate
+from export.schedules.match import match_conv
 
 __all__ = ["Cpu", "Report", "apply", "cpu_of", "match_conv", "rewrite_graph"]
 
@@ -32,26 +45,6 @@ class Report:
     @property
     def count(self) -> int:
         return len(self.scheduled) + self.graph_rewrites
-
-
-def cpu_of(target) -> Cpu:
-    """Vector lanes, registers and cores of an LLVM CPU target."""
-    from tvm.target import codegen
-
-    triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
-    if triple.startswith("x86_64") or not triple:
-        # llvm_get_vector_width answers 512 for any x86 CPU; the features say what the CPU has
-        lanes = 16 if codegen.target_has_features("avx512f", target) else \
-            8 if codegen.target_has_features("avx2", target) else 4
-    else:
-        lanes = max(4, int(codegen.llvm_get_vector_width(target)) // 32)
-    if triple.startswith("aarch64") or lanes >= 16:
-        vregs = 32
-    else:
-        vregs = 16
-    cores = target.attrs.get("num-cores") if hasattr(target, "attrs") else None
-    threads = int(cores) if cores else (os.cpu_count() or 1)
-    return Cpu(lanes=lanes, vregs=vregs, threads=max(1, threads), maxnum=triple.startswith("aarch64"))
 
 
 def kernel_for(func, cpu: Cpu):

@@ -12,15 +12,16 @@ exactly what its own kernel computed; the generated PrimFunc takes all their arg
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from export.schedules.kernels import Cpu, _Code, _epilogue, _fit_vector, _i64, _init, _Vec
+from export.schedules.emit import (STAGE_BYTES, Code, Cpu, Vec, channel_blocks, depthwise_vector, epilogue,
+                                   fit_vector, header, init, register_tile, row_span, stage_rows, staged_bytes, tap,
+                                   tile_start, up2_row, up2_weights)
+from export.schedules.graph import rewrite_calls
 from export.schedules.match import ConvMatch
 
 MIN_BYTES = 1 << 20  # fuse when the intermediate that disappears is at least this big ...
 MIN_WIDTH = 64  # ... and rows are wide enough for row-sized register tiles
-STAGE_BYTES = 96 * 1024
 
 
 @dataclass
@@ -51,15 +52,10 @@ def _names(index: dict[int, int]):
 def _row_tiles(P: int, cpu: Cpu) -> tuple[int, int, int]:
     """(cb, v, kk) for a GEMM over a row of P pixels: the widest register tile whose shifted last tile
     wastes at most 10 %, else the least wasteful."""
-    if cpu.lanes >= 16:
-        cb, kk_max = 8, 3
-    elif cpu.vregs >= 32:
-        cb, kk_max = 8, 2
-    else:
-        cb, kk_max = 4, 3 if cpu.lanes >= 8 else 2
+    cb, kk_max = register_tile(cpu)
     best = None
     for kk in range(kk_max, 0, -1):
-        v, k2 = _fit_vector(P, cpu.lanes, kk)
+        v, k2 = fit_vector(P, cpu.lanes, kk)
         sw = v * k2
         waste = -(-P // sw) * sw / P
         if waste <= 1.1:
@@ -69,9 +65,9 @@ def _row_tiles(P: int, cpu: Cpu) -> tuple[int, int, int]:
     return cb, best[1], best[2]
 
 
-def _gemm(code: _Code, cpu: Cpu, uid: str, K: int, M: int, P: int, src, wgt, init, store,
+def _gemm(code: Code, cpu: Cpu, uid: str, K: int, M: int, P: int, src, wgt, start, store,
           kloops: list[tuple[str, int, bool]] | None = None) -> None:
-    """acc[c, p] = init(c, p) + sum_k wgt(c, k) * src(k, p) over M channels x P pixels, then ``store(c, p, acc)``
+    """acc[c, p] = start(c, p) + sum_k wgt(c, k) * src(k, p) over M channels x P pixels, then ``store(c, p, acc)``
     (a statement). Register tiles of cb channels x kk vectors; the last pixel tile is shifted back.
     ``kloops`` splits the reduction into named nested loops (name, extent, unrolled); ``src`` and ``wgt``
     then get the tuple of loop names instead of one name."""
@@ -82,30 +78,25 @@ def _gemm(code: _Code, cpu: Cpu, uid: str, K: int, M: int, P: int, src, wgt, ini
     single = kloops is None
     kloops = kloops or [(f"k{uid}", K, False)]
     ks = kloops[0][0] if single else tuple(n for n, _, _ in kloops)
-    for m0, rows, nblk in ((0, cb, M // cb), ((M // cb) * cb, M % cb, 1)):
-        if rows == 0 or nblk == 0:
-            continue
+    for m0, rows, nblk in channel_blocks(M, cb):
         mo = f"mo{uid}"
         with code.block(f"for {mo} in range({nblk}):"):
             with code.block(f"for t{uid} in range({nt}):"):
-                p0 = f"T.min(t{uid} * {sw}, {P - sw})" if nt > 1 else "0"
+                p0 = tile_start(f"t{uid}", sw, P)
                 code(f'acc{uid} = T.decl_buffer(({rows}, {sw}), "float32", scope="local")')
                 ch = f"({m0} + {mo} * {cb} + i{uid})"
-                with code.block(f"for i{uid} in T.unroll({rows}):"):
-                    with _Vec(code, v, kk):
-                        code(f"acc{uid}[i{uid}, j] = {init(ch, f'{p0} + j')}")
+                with code.tile(f"i{uid}", rows, v, kk):
+                    code(f"acc{uid}[i{uid}, j] = {start(ch, f'{p0} + j')}")
                 depth = code.depth
                 for name, ext, unroll in kloops:
                     code(f"for {name} in {'T.unroll' if unroll else 'range'}({ext}):")
                     code.depth += 1
-                with code.block(f"for i{uid} in T.unroll({rows}):"):
-                    with _Vec(code, v, kk):
-                        code(f"acc{uid}[i{uid}, j] = acc{uid}[i{uid}, j] + {src(ks, f'{p0} + j')} * "
-                             f"{wgt(ch, ks)}")
+                with code.tile(f"i{uid}", rows, v, kk):
+                    code(f"acc{uid}[i{uid}, j] = acc{uid}[i{uid}, j] + {src(ks, f'{p0} + j')} * "
+                         f"{wgt(ch, ks)}")
                 code.depth = depth
-                with code.block(f"for i{uid} in T.unroll({rows}):"):
-                    with _Vec(code, v, kk):
-                        code(store(ch, f"{p0} + j", f"acc{uid}[i{uid}, j]"))
+                with code.tile(f"i{uid}", rows, v, kk):
+                    code(store(ch, f"{p0} + j", f"acc{uid}[i{uid}, j]"))
 
 
 # -------------------------------------------------------------------------------------------- chains
@@ -134,7 +125,7 @@ def fusable(m1: ConvMatch, m2: ConvMatch, m3: ConvMatch, upcat_bytes: int = 0) -
         return False
     if any(op.operand == "tensor" for op in m1.epilogue + m2.epilogue):
         return False
-    if m1.kind == "dense" and 4 * m1.cin * m1.kh * m1.sw * (m1.wo + (m1.kw - 1) // m1.sw + 1) > STAGE_BYTES:
+    if m1.kind == "dense" and staged_bytes(m1) > STAGE_BYTES:
         return False
     gone = max(4 * m1.cout * m1.ho * m1.wo, upcat_bytes)
     return gone >= MIN_BYTES and m1.wo >= MIN_WIDTH
@@ -165,17 +156,8 @@ def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
     nc = -(-Ho // rpc)
 
     lowres = _lowres_split(chain)
-    code = _Code()
-    args = []
-    for i, sh in enumerate(P.shapes):
-        args.append(f'q{i}: T.Buffer(({", ".join(_i64(v) for v in sh)}{"," if len(sh) == 1 else ""}), "float32")')
-    code("@T.prim_func(private=True, s_tir=True)")
-    code(f"def {name}({', '.join(args)}):")
-    code.depth += 1
-    code('T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})')
-    for i, sh in enumerate(P.shapes):
-        if sh:
-            code(f'g{i} = T.decl_buffer(({math.prod(sh)},), "float32", data=q{i}.data)')
+    code = Code()
+    header(code, name, P.shapes, param="q", view="g")
     nm1, nm2, nm3 = _names(n1), _names(n2), _names(n3)
     if lowres is not None:
         _lowres_pass(code, chain, cpu, ins, n1, lowres)
@@ -189,8 +171,7 @@ def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
             wmax = max(sh[3] for kind, sh, _ in chain.upcat if kind == "up2")
             code(f'tmp = T.decl_buffer(({wmax},), "float32", scope="local")')
         if m1.kind == "dense":
-            L1 = m1.wo + (m1.kw - 1) // m1.sw + 1
-            code(f'srows = T.decl_buffer(({m1.cin * m1.kh * m1.sw * L1},), "float32", scope="global")')
+            code(f'srows = T.decl_buffer(({m1.cin * m1.kh * m1.sw * row_span(m1)},), "float32", scope="global")')
         with code.block(f"for z in range({NS * C1}):"):  # the padding columns stay zero
             code("ring[z * " + str(WP) + "] = T.float32(0)")
             with code.block(f"for zc in range({WP - W - 1}):"):
@@ -220,9 +201,9 @@ def generate(chain: Chain, cpu: Cpu, name: str = "main") -> tuple[str, list]:
                 _gemm(code, cpu, "p", C1, C2, R * Wo,
                       src=lambda k, p: f"dbuf[{k} * {R * Wo} + {p}]",
                       wgt=lambda c, k: f"g{n3[m3.w]}[{c} * {C1} + {k}]",
-                      init=lambda c, p: _init(m3, c, nm3),
+                      start=lambda c, p: init(m3, c, nm3),
                       store=lambda c, p, a: f"g{out}[{c} * {Ho * Wo} + y * {Wo} + {p}] = "
-                                            f"{_epilogue(m3, a, c, f'y * {Wo} + {p}', cpu, nm3)}")
+                                            f"{epilogue(m3, a, c, f'y * {Wo} + {p}', cpu, nm3)}")
     return code.text(), P.args[:-1]
 
 
@@ -244,7 +225,7 @@ def _lowres_split(chain: Chain) -> tuple[int, int, int, int] | None:
     return iu, offs[iu], offs[1 - iu], chain.upcat[1 - iu][1][1]
 
 
-def _lowres_pass(code: _Code, chain: Chain, cpu: Cpu, ins: list[int], n1, lowres) -> None:
+def _lowres_pass(code: Code, chain: Chain, cpu: Cpu, ins: list[int], n1, lowres) -> None:
     """zbuf = W_a . a over the low-resolution image, in parallel blocks of rows."""
     m1 = chain.m1
     iu, off_u, _, _ = lowres
@@ -259,48 +240,36 @@ def _lowres_pass(code: _Code, chain: Chain, cpu: Cpu, ins: list[int], n1, lowres
     with code.block(f"for zb in T.parallel({nzb}):"):
         code(f"zbase = T.min(zb * {zp}, {h * w - zp})" if nzb * zp != h * w else f"zbase = zb * {zp}")
         _gemm(code, cpu, "z", n, C1, zp, src=lambda k, p: f"g{a}[{k} * {h * w} + zbase + {p}]",
-              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {off_u} + {k}]", init=lambda c, p: "T.float32(0)",
+              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {off_u} + {k}]", start=lambda c, p: "T.float32(0)",
               store=lambda c, p, acc: f"zbuf[{c} * {h * w} + zbase + {p}] = {acc}")
 
 
-def _up2_row(code: _Code, src: str, nch: int, h: int, w: int, W: int, r: str, dst_row, tag: str = "") -> None:
+def _up2_rows(code: Code, src: str, nch: int, h: int, w: int, r: str, dst_row, tag: str = "") -> None:
     """Row ``r`` of the x2 bilinear upsampling of ``src`` (nch x h x w, flat) into ``dst_row(c)`` + x."""
-    code(f"y0{tag} = T.floordiv({r} - 1, 2)")
-    code(f"fy{tag} = T.Select(T.floormod({r}, 2) == 0, T.float32(0.75), T.float32(0.25))")
-    q, t = "T.float32(0.25)", "T.float32(0.75)"
+    up2_weights(code, r, tag)
     with code.block(f"for uc in range({nch}):"):
-        top = f"(uc * {h} + T.max(y0{tag}, 0)) * {w}"
-        bot = f"(uc * {h} + T.min(y0{tag} + 1, {h - 1})) * {w}"
-        with code.block(f"for ux in range({w}):"):
-            code(f"tmp[ux] = {src}[{top} + ux] * (T.float32(1) - fy{tag}) + {src}[{bot} + ux] * fy{tag}")
-        row = dst_row("uc")
-        code(f"{row}] = tmp[0] * {q} + tmp[0] * {t}")
-        if w > 1:
-            with code.block(f"for ux in range({w - 1}):"):
-                code(f"{row} + 2 * ux + 1] = tmp[ux] * {t} + tmp[ux + 1] * {q}")
-                code(f"{row} + 2 * ux + 2] = tmp[ux] * {q} + tmp[ux + 1] * {t}")
-        code(f"{row} + {2 * w - 1}] = tmp[{w - 1}] * {t} + tmp[{w - 1}] * {q}")
+        up2_row(code, src, "uc", h, w, dst_row("uc"), "ux", tag)
 
 
-def _produce(code: _Code, chain: Chain, cpu: Cpu, r: str, ins: list[int], n1, nm1, C1: int, W: int, WP: int,
+def _produce(code: Code, chain: Chain, cpu: Cpu, r: str, ins: list[int], n1, nm1, C1: int, W: int, WP: int,
              lowres=None):
     """Producer row ``r`` (C1 x W) into ring slot ``slot``, columns 1..W."""
     m1 = chain.m1
-    dst = lambda c, p, a: f"ring[(slot * {C1} + {c}) * {WP} + 1 + {p}] = {_epilogue(m1, a, c, '0', cpu, nm1)}"  # noqa
-    init = lambda c, p=None: _init(m1, c, nm1)  # noqa: E731
+    dst = lambda c, p, a: f"ring[(slot * {C1} + {c}) * {WP} + 1 + {p}] = {epilogue(m1, a, c, '0', cpu, nm1)}"  # noqa
+    acc0 = lambda c, p=None: init(m1, c, nm1)  # noqa: E731
     if lowres is not None:  # up2(zbuf) row + the copy part's 1x1 convolution at full resolution
         iu, _, off_c, nc_ = lowres
         _, _, h, w = chain.upcat[iu][1]
-        _up2_row(code, "zbuf", C1, h, w, W, r, lambda c: f"cat[{c} * {W}")
+        _up2_rows(code, "zbuf", C1, h, w, r, lambda c: f"cat[{c} * {W}")
         sk = ins[1 - iu]
         _gemm(code, cpu, "e", nc_, C1, W, src=lambda k, p: f"g{sk}[({k} * {m1.h} + {r}) * {W} + {p}]",
               wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {off_c} + {k}]",
-              init=lambda c, p: f"cat[{c} * {W} + {p}] + {init(c)}", store=dst)
+              start=lambda c, p: f"cat[{c} * {W} + {p}] + {acc0(c)}", store=dst)
         return
     if m1.kind == "pointwise" and chain.upcat is None:
         x = ins[0]
         _gemm(code, cpu, "e", m1.cin, C1, W, src=lambda k, p: f"g{x}[{k} * {m1.h * m1.wd} + ({r}) * {W} + {p}]",
-              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {k}]", init=init, store=dst)
+              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {k}]", start=acc0, store=dst)
         return
     if m1.kind == "pointwise":  # x2 upsample + concat staged row by row, then the GEMM
         off = 0
@@ -310,52 +279,29 @@ def _produce(code: _Code, chain: Chain, cpu: Cpu, r: str, ins: list[int], n1, nm
                     with code.block(f"for ux in range({W}):"):
                         code(f"cat[({off} + uc) * {W} + ux] = g{i}[(uc * {m1.h} + {r}) * {W} + ux]")
             else:
-                _up2_row(code, f"g{i}", n, h, w, W, r, lambda c, o=off: f"cat[({o} + {c}) * {W}", tag=str(i))
+                _up2_rows(code, f"g{i}", n, h, w, r, lambda c, o=off: f"cat[({o} + {c}) * {W}", tag=str(i))
             off += n
         _gemm(code, cpu, "e", m1.cin, C1, W, src=lambda k, p: f"cat[{k} * {W} + {p}]",
-              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {k}]", init=init, store=dst)
+              wgt=lambda c, k: f"g{n1[m1.w]}[{c} * {m1.cin} + {k}]", start=acc0, store=dst)
         return
     # dense KxK producer (the stem): stage its input rows, accumulate taps per register tile
     x = ins[0]
-    s1 = m1.sw
-    L1 = m1.wo + (m1.kw - 1) // s1 + 1
+    s1, L1 = m1.sw, row_span(m1)
     per = m1.kh * s1 * L1
     with code.block(f"for sci in range({m1.cin}):"):
-        with code.block(f"for sr in T.unroll({m1.kh}):"):
-            code(f"siy = ({r}) * {m1.sh} + sr - {m1.ph}")
-            with code.block(f"if siy >= 0 and siy < {m1.h}:"):
-                span = [(max(0, -(-(m1.pw - q) // s1)), 0) for q in range(s1)]
-                span = [(lo, max(lo, min(L1, -(-(m1.wd + m1.pw - q) // s1)))) for q, (lo, _) in enumerate(span)]
-                jlo, jhi = max(lo for lo, _ in span), min(hi for _, hi in span)
-                src = f"g{x}[(sci * {m1.h} + siy) * {m1.wd} + "
-                if jhi > jlo:
-                    with code.block(f"for sj in range({jhi - jlo}):"):
-                        for q in range(s1):
-                            code(f"srows[sci * {per} + (sr * {s1} + {q}) * {L1} + {jlo} + sj] = "
-                                 f"{src}(sj + {jlo}) * {s1} + {q - m1.pw}]")
-                for q, (lo, hi) in enumerate(span):
-                    o = f"sci * {per} + (sr * {s1} + {q}) * {L1}"
-                    a, b = (lo, jlo) if jhi > jlo else (lo, hi)
-                    for j0, j1, val in ((0, lo, False), (a, b, True), (max(jhi, lo) if jhi > jlo else hi, hi, True),
-                                        (hi, L1, False)):
-                        if j1 > j0:
-                            with code.block(f"for sj in range({j1 - j0}):"):
-                                v = f"{src}(sj + {j0}) * {s1} + {q - m1.pw}]" if val else "T.float32(0)"
-                                code(f"srows[{o} + {j0} + sj] = {v}")
-            with code.block("else:"):
-                with code.block(f"for sj in range({s1 * L1}):"):
-                    code(f"srows[sci * {per} + sr * {s1 * L1} + sj] = T.float32(0)")
+        stage_rows(code, m1, "srows", f"g{x}", "sci", f"({r})", f"sci * {per}", m1.kh, tag="s", vector_zero=False)
     taps = m1.kh * m1.kw
+    q, o = tap(m1, "ekx")
     _gemm(code, cpu, "e", m1.cin * taps, C1, W,
-          src=lambda k, p: f"srows[{k[0]} * {per} + ({k[1]} * {s1} + {k[2]} % {s1}) * {L1} + {k[2]} // {s1} + {p}]",
+          src=lambda k, p: f"srows[{k[0]} * {per} + ({k[1]} * {s1} + {q}) * {L1} + {o} + {p}]",
           wgt=lambda c, k: f"g{n1[m1.w]}[({c} * {m1.cin} + {k[0]}) * {taps} + {k[1]} * {m1.kw} + {k[2]}]",
-          init=init, store=dst, kloops=[("eci", m1.cin, False), ("eky", m1.kh, True), ("ekx", m1.kw, True)])
+          start=acc0, store=dst, kloops=[("eci", m1.cin, False), ("eky", m1.kh, True), ("ekx", m1.kw, True)])
 
 
-def _depthwise_rows(code: _Code, m2: ConvMatch, cpu: Cpu, nm2, C1: int, W: int, WP: int, NS: int, R: int, s: int,
+def _depthwise_rows(code: Code, m2: ConvMatch, cpu: Cpu, nm2, C1: int, W: int, WP: int, NS: int, R: int, s: int,
                     Wo: int) -> None:
     """Depthwise rows y .. y + R - 1 of every channel from the ring into ``dbuf``."""
-    v, kk = _fit_vector(Wo, cpu.lanes, 4 if cpu.lanes <= 4 else 2)
+    v, kk = depthwise_vector(Wo, cpu)
     xv = v * kk
     nxt = -(-Wo // xv)
     L = Wo + 1
@@ -369,26 +315,26 @@ def _depthwise_rows(code: _Code, m2: ConvMatch, cpu: Cpu, nm2, C1: int, W: int, 
                     for q in range(s):
                         code(f"st[(dr * {s} + {q}) * {L} + dj] = ring[(sl * {C1} + dc) * {WP} + dj * {s} + {q}]")
         with code.block(f"for dxt in range({nxt}):"):
-            code(f"dx0 = T.min(dxt * {xv}, {Wo - xv})" if nxt > 1 else "dx0 = 0")
+            code(f"dx0 = {tile_start('dxt', xv, Wo)}")
             code(f'dacc = T.decl_buffer(({R}, {xv}), "float32", scope="local")')
-            with code.block(f"for di in T.unroll({R}):"):
-                with _Vec(code, v, kk):
-                    code(f"dacc[di, j] = {_init(m2, 'dc', nm2)}")
+            with code.tile("di", R, v, kk):
+                code(f"dacc[di, j] = {init(m2, 'dc', nm2)}")
             w = nm2(m2.w)[0]
             with code.block(f"for di in T.unroll({R}):"):
                 with code.block("for ky in T.unroll(3):"):
                     if s == 1:
                         code(f"sl = T.floormod(y + di - 1 + ky + {4 * NS}, {NS})")
                     with code.block("for kx in T.unroll(3):"):
-                        with _Vec(code, v, kk):
+                        with Vec(code, v, kk):
                             if s == 1:
                                 srcx = f"ring[(sl * {C1} + dc) * {WP} + dx0 + kx + j]"
                             else:
-                                srcx = f"st[((di * {s} + ky) * {s} + kx % {s}) * {L} + dx0 + kx // {s} + j]"
+                                q, o = tap(m2, "kx")
+                                srcx = f"st[((di * {s} + ky) * {s} + {q}) * {L} + dx0 + {o} + j]"
                             code(f"dacc[di, j] = dacc[di, j] + {srcx} * {w}[dc * 9 + ky * 3 + kx]")
-            with code.block(f"for di in T.unroll({R}):"):
-                with _Vec(code, v, kk):
-                    code(f"dbuf[dc * {R * Wo} + di * {Wo} + dx0 + j] = {_epilogue(m2, 'dacc[di, j]', 'dc', '0', cpu, nm2)}")
+            with code.tile("di", R, v, kk):
+                code(f"dbuf[dc * {R * Wo} + di * {Wo} + dx0 + j] = "
+                     f"{epilogue(m2, 'dacc[di, j]', 'dc', '0', cpu, nm2)}")
 
 
 # ------------------------------------------------------------------------------------- graph rewrite
@@ -417,7 +363,6 @@ def fuse_chains(mod, matches: dict[str, ConvMatch], cpu: Cpu) -> tuple[object, l
     the functions as FuseTIR produced them. Returns the module and the fused chains' descriptions."""
     import tvm
     from tvm import relax
-    from tvm.relax import expr_functor
     from tvm.script.parser.core.entry import parse
 
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
@@ -443,52 +388,42 @@ def fuse_chains(mod, matches: dict[str, ConvMatch], cpu: Cpu) -> tuple[object, l
             return call.args[0].name_hint, list(call.args[1].fields)
         return None, None
 
+    def producer(rw, v):
+        """(function, arguments) of the call_tir that computes ``v``, when ``v`` is used there only."""
+        if not isinstance(v, relax.Var) or uses.get(v, 0) != 1:
+            return None, None
+        return callee(rw.lookup_binding(v))
+
     done: list[str] = []
 
-    @expr_functor.mutator
-    class _Fuser(expr_functor.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            n3, a3 = callee(call)
-            m3 = matches.get(n3)
-            if m3 is None or m3.kind != "pointwise":
-                return call
-            v2 = a3[m3.x]
-            if not isinstance(v2, relax.Var) or uses.get(v2, 0) != 1:
-                return call
-            n2, a2 = callee(self.lookup_binding(v2))
-            m2 = matches.get(n2)
-            if m2 is None or m2.kind != "depthwise":
-                return call
-            v1 = a2[m2.x]
-            if not isinstance(v1, relax.Var) or uses.get(v1, 0) != 1:
-                return call
-            n1, a1 = callee(self.lookup_binding(v1))
-            m1 = matches.get(n1)
-            if m1 is None:
-                return call
-            upcat, up_bytes = None, 0
-            v0 = a1[m1.x]
-            if m1.kind == "pointwise" and isinstance(v0, relax.Var) and uses.get(v0, 0) == 1:
-                n0, a0 = callee(self.lookup_binding(v0))
-                if n0 is not None and n0.startswith("upsample_concat"):
-                    parts = _upcat_parts(mod[n0])
-                    if parts is not None:
-                        upcat = [(k, sh, a) for (k, sh), a in zip(parts, a0)]
-                        up_bytes = 4 * m1.cin * m1.h * m1.wd
-            if not fusable(m1, m2, m3, up_bytes):
-                return call
-            chain = Chain(m1, m2, m3, a1, a2, a3, upcat)
-            src, args = generate(chain, cpu, "fused_block")
-            gv = self.builder_.add_func(parse(src), "fused_block")
-            done.append(f"{'upsample_concat + ' if upcat else ''}{n1} + {n2} + {n3}")
-            return relax.call_tir(gv, args, out_ty=call.ty)
+    def fuse(rw, call):
+        n3, a3 = callee(call)
+        m3 = matches.get(n3)
+        if m3 is None or m3.kind != "pointwise":
+            return None
+        n2, a2 = producer(rw, a3[m3.x])
+        m2 = matches.get(n2)
+        if m2 is None or m2.kind != "depthwise":
+            return None
+        n1, a1 = producer(rw, a2[m2.x])
+        m1 = matches.get(n1)
+        if m1 is None:
+            return None
+        upcat, up_bytes = None, 0
+        if m1.kind == "pointwise":
+            n0, a0 = producer(rw, a1[m1.x])
+            if n0 is not None and n0.startswith("upsample_concat"):
+                parts = _upcat_parts(mod[n0])
+                if parts is not None:
+                    upcat = [(k, sh, a) for (k, sh), a in zip(parts, a0)]
+                    up_bytes = 4 * m1.cin * m1.h * m1.wd
+        if not fusable(m1, m2, m3, up_bytes):
+            return None
+        chain = Chain(m1, m2, m3, a1, a2, a3, upcat)
+        src, args = generate(chain, cpu, "fused_block")
+        gv = rw.builder_.add_func(parse(src), "fused_block")
+        done.append(f"{'upsample_concat + ' if upcat else ''}{n1} + {n2} + {n3}")
+        return relax.call_tir(gv, args, out_ty=call.ty)
 
-    fz = _Fuser(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            fz.builder_.update_func(gv, fz.visit_expr(func))
-    out = fz.builder_.finalize()
-    if done:
-        out = relax.transform.DeadCodeElimination()(out)
+    out, _ = rewrite_calls(mod, fuse)
     return out, done

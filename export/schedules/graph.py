@@ -3,11 +3,44 @@
 ``concat`` along channels of parts that are x2 bilinear ``resize2d`` outputs (the U-Net decoder's
 upsample-and-skip) becomes one call to :func:`export.schedules.kernels.upsample_concat`: the resize is
 read from its attributes (method, coordinate mode, roi, layout, exact x2 size), which the legalized TIR
-no longer states plainly. Anything else is left alone.
+no longer states plainly. Anything else is left alone. :func:`rewrite_calls` is the one call-by-call
+rewriting driver (these rewrites and :mod:`export.schedules.fused` use it).
 """
 from __future__ import annotations
 
-from export.schedules.kernels import Cpu, upsample_concat
+from export.schedules.emit import Cpu
+from export.schedules.kernels import upsample_concat
+
+
+def rewrite_calls(mod, rewrite) -> tuple[object, int]:
+    """Every call in ``mod``'s Relax functions, innermost first, replaced by ``rewrite(mutator, call)`` unless
+    that returns None (``mutator.lookup_binding`` and ``mutator.builder_`` are there for it); dead bindings
+    are dropped when anything changed. Returns the module and how many calls were replaced."""
+    from tvm import relax
+    from tvm.relax import expr_functor
+
+    @expr_functor.mutator
+    class _Rewriter(expr_functor.PyExprMutator):
+        def __init__(self, m):
+            super().__init__(m)
+            self.count = 0
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            new = rewrite(self, call)
+            if new is None:
+                return call
+            self.count += 1
+            return new
+
+    rw = _Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rw.builder_.update_func(gv, rw.visit_expr(func))
+    out = rw.builder_.finalize()
+    if rw.count:
+        out = relax.transform.DeadCodeElimination()(out)
+    return out, rw.count
 
 
 def _static_shape(ty) -> tuple[int, ...] | None:
@@ -41,54 +74,38 @@ def rewrite_upsample_concat(mod, cpu: Cpu):
     """Replace channel concats of (x2 bilinear resize | tensor) parts with one hand-written kernel."""
     from tvm import relax
     from tvm.ir import Op
-    from tvm.relax import expr_functor
     from tvm.script.parser.core.entry import parse
 
-    @expr_functor.mutator
-    class _Rewriter(expr_functor.PyExprMutator):
-        def __init__(self, m):
-            super().__init__(m)
-            self.count = 0
+    def rewrite(rw, call):
+        if not isinstance(call.op, Op) or call.op.name != "relax.concat":
+            return None
+        out_shape = _static_shape(call.ty)
+        if out_shape is None or len(out_shape) != 4 or out_shape[0] != 1 or int(call.attrs.axis) not in (1, -3):
+            return None
+        fields = call.args[0]
+        if not isinstance(fields, relax.Tuple):
+            return None
+        parts, args, any_up = [], [], False
+        for f in fields.fields:
+            shape = _static_shape(f.ty)
+            if shape is None or len(shape) != 4:
+                return None
+            src = rw.lookup_binding(f) if isinstance(f, relax.Var) else None
+            if (isinstance(src, relax.Call) and isinstance(src.op, Op) and src.op.name == "relax.image.resize2d"
+                    and _is_up2(src, _static_shape(src.args[0].ty), shape)):
+                parts.append(("up2", _static_shape(src.args[0].ty)))
+                args.append(src.args[0])
+                any_up = True
+            else:
+                parts.append(("copy", shape))
+                args.append(f)
+        if not any_up:
+            return None
+        func = parse(upsample_concat(parts, cpu, "upsample_concat"))
+        gv = rw.builder_.add_func(func, "upsample_concat")
+        return relax.call_tir(gv, args, out_ty=call.ty)
 
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not isinstance(call.op, Op) or call.op.name != "relax.concat":
-                return call
-            out_shape = _static_shape(call.ty)
-            if out_shape is None or len(out_shape) != 4 or out_shape[0] != 1 or int(call.attrs.axis) not in (1, -3):
-                return call
-            fields = call.args[0]
-            if not isinstance(fields, relax.Tuple):
-                return call
-            parts, args, any_up = [], [], False
-            for f in fields.fields:
-                shape = _static_shape(f.ty)
-                if shape is None or len(shape) != 4:
-                    return call
-                src = self.lookup_binding(f) if isinstance(f, relax.Var) else None
-                if (isinstance(src, relax.Call) and isinstance(src.op, Op) and src.op.name == "relax.image.resize2d"
-                        and _is_up2(src, _static_shape(src.args[0].ty), shape)):
-                    parts.append(("up2", _static_shape(src.args[0].ty)))
-                    args.append(src.args[0])
-                    any_up = True
-                else:
-                    parts.append(("copy", shape))
-                    args.append(f)
-            if not any_up:
-                return call
-            func = parse(upsample_concat(parts, cpu, "upsample_concat"))
-            gv = self.builder_.add_func(func, "upsample_concat")
-            self.count += 1
-            return relax.call_tir(gv, args, out_ty=call.ty)
-
-    rw = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rw.builder_.update_func(gv, rw.visit_expr(func))
-    out = rw.builder_.finalize()
-    if rw.count:
-        out = relax.transform.DeadCodeElimination()(out)
-    return out, rw.count
+    return rewrite_calls(mod, rewrite)
 
 
 def subpixel_plan(h: int, hout: int, s: int, p: int, k: int) -> tuple[int, int, int, list[tuple[int, int, int]]] | None:
@@ -128,54 +145,38 @@ def rewrite_conv_transpose(mod):
     import numpy as np
     from tvm import relax
     from tvm.ir import Constant, Op
-    from tvm.relax import expr_functor
 
-    @expr_functor.mutator
-    class _Rewriter(expr_functor.PyExprMutator):
-        def __init__(self, m):
-            super().__init__(m)
-            self.count = 0
+    def rewrite(rw, call):
+        if not isinstance(call.op, Op) or call.op.name != "relax.nn.conv2d_transpose":
+            return None
+        a = call.attrs
+        x, w = call.args
+        wc = rw.lookup_binding(w) if isinstance(w, relax.Var) else w
+        shape_in, shape_out = _static_shape(x.ty), _static_shape(call.ty)
+        try:
+            ok = (str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "IOHW"
+                  and str(a.out_layout) in ("NCHW", "") and int(a.groups) == 1
+                  and all(int(v) == 1 for v in a.dilation) and (a.out_dtype is None
+                                                                or str(a.out_dtype) in ("", "float32")))
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if not ok or not isinstance(wc, Constant) or shape_in is None or shape_out is None \
+                or shape_in[0] != 1 or str(wc.value.dtype) != "float32":
+            return None
+        wt = wc.value.numpy()
+        sh, sw = (int(v) for v in a.strides)
+        pad = [int(v) for v in a.padding]
+        pt, pl = pad[0], pad[1]
+        rows = subpixel_plan(shape_in[2], shape_out[2], sh, pt, wt.shape[2])
+        cols = subpixel_plan(shape_in[3], shape_out[3], sw, pl, wt.shape[3])
+        if rows is None or cols is None:
+            return None
+        (kh, bt, bb, rtaps), (kw, bl, br, ctaps) = rows, cols
+        cout, hq, wq = shape_out[1], shape_out[2] // sh, shape_out[3] // sw
+        weight = relax.const(np.ascontiguousarray(subpixel_weight(wt, sh, sw, rtaps, ctaps, kh, kw)))
+        y = relax.op.nn.conv2d(x, weight, strides=1, padding=(bt, bl, bb, br))
+        y = relax.op.reshape(y, (1, cout, sh, sw, hq, wq))
+        y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
+        return relax.op.reshape(y, (1, cout, hq * sh, wq * sw))
 
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not isinstance(call.op, Op) or call.op.name != "relax.nn.conv2d_transpose":
-                return call
-            a = call.attrs
-            x, w = call.args
-            wc = self.lookup_binding(w) if isinstance(w, relax.Var) else w
-            shape_in, shape_out = _static_shape(x.ty), _static_shape(call.ty)
-            try:
-                ok = (str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "IOHW"
-                      and str(a.out_layout) in ("NCHW", "") and int(a.groups) == 1
-                      and all(int(v) == 1 for v in a.dilation) and (a.out_dtype is None
-                                                                    or str(a.out_dtype) in ("", "float32")))
-            except (AttributeError, TypeError, ValueError):
-                return call
-            if not ok or not isinstance(wc, Constant) or shape_in is None or shape_out is None \
-                    or shape_in[0] != 1 or str(wc.value.dtype) != "float32":
-                return call
-            wt = wc.value.numpy()
-            sh, sw = (int(v) for v in a.strides)
-            pad = [int(v) for v in a.padding]
-            pt, pl = pad[0], pad[1]
-            rows = subpixel_plan(shape_in[2], shape_out[2], sh, pt, wt.shape[2])
-            cols = subpixel_plan(shape_in[3], shape_out[3], sw, pl, wt.shape[3])
-            if rows is None or cols is None:
-                return call
-            (kh, bt, bb, rtaps), (kw, bl, br, ctaps) = rows, cols
-            cout, hq, wq = shape_out[1], shape_out[2] // sh, shape_out[3] // sw
-            weight = relax.const(np.ascontiguousarray(subpixel_weight(wt, sh, sw, rtaps, ctaps, kh, kw)))
-            y = relax.op.nn.conv2d(x, weight, strides=1, padding=(bt, bl, bb, br))
-            y = relax.op.reshape(y, (1, cout, sh, sw, hq, wq))
-            y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
-            self.count += 1
-            return relax.op.reshape(y, (1, cout, hq * sh, wq * sw))
-
-    rw = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rw.builder_.update_func(gv, rw.visit_expr(func))
-    out = rw.builder_.finalize()
-    if rw.count:
-        out = relax.transform.DeadCodeElimination()(out)
-    return out, rw.count
+    return rewrite_calls(mod, rewrite)
