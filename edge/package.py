@@ -89,12 +89,16 @@ class InputSection:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """``x = (pixel[channel_order] * scale - mean) / std``, per channel, float32 NCHW (meta.json 'preprocess')."""
+    """``x = (pixel[channel_order] * scale - mean) / std``, per channel, float32 NCHW (meta.json 'preprocess').
+
+    ``fov_diameter_px``: the field-of-view diameter in pixels of the images the weights were trained at; the
+    runtime resamples each photograph by its FOV to it (:mod:`edge.scale`). None: not recorded (native scale)."""
 
     channel_order: str
     scale: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    fov_diameter_px: float | None = None
 
     @classmethod
     def from_spec(cls, spec: Any) -> Preprocess:
@@ -105,7 +109,7 @@ class Preprocess:
     def to_meta(self) -> dict[str, Any]:
         """The ``preprocess`` section of meta.json."""
         return {"channel_order": self.channel_order, "scale": self.scale, "mean": list(self.mean),
-                "std": list(self.std)}
+                "std": list(self.std), "fov_diameter_px": self.fov_diameter_px}
 
     def image(self, image_hwc: Any) -> Any:
         """An (H, W, C) image -> the (1, C, H, W) float32 network input."""
@@ -177,8 +181,9 @@ class PackageMeta:
                                weights.get("sha256") if isinstance(weights, dict) else None),
             input=InputSection(i["name"], tuple(i["shape"])),  # type: ignore[arg-type]
             activation=str(raw.get("output", {}).get("activation", "sigmoid")).lower(),
-            preprocess=None if pre is None else Preprocess(order, float(pre["scale"]), tuple(map(float, pre["mean"])),
-                                                           tuple(map(float, pre["std"]))),
+            preprocess=None if pre is None else Preprocess(
+                order, float(pre["scale"]), tuple(map(float, pre["mean"])), tuple(map(float, pre["std"])),
+                None if pre.get("fov_diameter_px") is None else float(pre["fov_diameter_px"])),
             tiling=TilingSection(int(t.get("overlap", m.get("overlap", 0))), str(t.get("blend", "gaussian")),
                                  float(raw.get("postprocess", {}).get("threshold", 0.5)), t.get("planned_for")),
             target=TargetSection(tg.get("preset"), tg.get("arch"), tg.get("device", "cpu"), tg.get("library"),
@@ -326,6 +331,9 @@ _SCHEMA: tuple[tuple[str, str | None, bool, Any, str], ...] = (
      "a list of numbers"),
     ("preprocess", "std", True, lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x != 0 for x in v),
      "a list of non-zero numbers"),
+    # absent or null in packages made before it was recorded: the runtime then works at native scale
+    ("preprocess", "fov_diameter_px", False, lambda v: v is None or (_is_number(v) and v > 0),
+     "a positive number of pixels (the training images' FOV diameter) or null"),
     ("postprocess", None, False, lambda v: isinstance(v, dict), "an object"),
     ("postprocess", "threshold", False, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("tiling", None, False, lambda v: isinstance(v, dict), "an object"),

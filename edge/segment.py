@@ -5,6 +5,10 @@ Blending happens on **probabilities**: every tile's logits go through the packag
 pipelines): a tile that is confidently wrong near its border cannot push the result further than its
 weight allows, whereas an averaged logit of -20 and +2 still says "background" with near certainty.
 ``tests/edge/test_segment.py`` pins this.
+
+Scale: when the package records the FOV diameter its weights were trained at, the photograph is resampled by
+its own FOV to that scale before tiling and the probability map brought back to the photograph's pixels
+(:mod:`edge.scale`); ``native_scale=True`` turns it off. Outputs always have the photograph's size.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from edge.errors import InputError, PackageError, look_up_option
 from edge.fov import estimate_fov
 from edge.metrics import Confusion, confusion
 from edge.package import Package
+from edge.scale import ScaleInfo, plan_scale, resize_image, resize_prob
 from edge.tiling import BLENDS, sliding_window_inference
 
 
@@ -59,6 +64,7 @@ class SegmentResult:
     tiles: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     confusion: Confusion | None = None
+    scale: ScaleInfo | None = None  # how the photograph was resampled for the tiles, or why it was not
 
     @property
     def fov_fraction(self) -> float:
@@ -96,6 +102,7 @@ def segment(
     blend: str | None = None,
     fov: np.ndarray | None = None,
     truth: np.ndarray | None = None,
+    native_scale: bool = False,
 ) -> SegmentResult:
     """Segment an RGB uint8 (H, W, 3) image; options default to the package's meta.json.
 
@@ -103,6 +110,8 @@ def segment(
         fov: a boolean field-of-view mask; estimated from the dark border when None.
         truth: a boolean ground-truth vessel map; when given, the result carries the confusion counts
             inside the FOV.
+        native_scale: tile the photograph at its own resolution even when the package records the scale its
+            weights were trained at (by default it is resampled by its FOV to that scale: ``result.scale``).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"segment needs an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
@@ -117,7 +126,7 @@ def segment(
         raise PackageError(f"package {package.path} has no 'preprocess' section in meta.json; re-export it")
     activation = activation_of(package)
 
-    timings = {"fov_ms": 0.0, "inference_ms": 0.0}
+    timings = {"fov_ms": 0.0, "resample_ms": 0.0, "inference_ms": 0.0}
     t0 = time.perf_counter()
     if fov is None:
         fov = estimate_fov(image)
@@ -128,6 +137,14 @@ def segment(
                              "pass the mask made for this image")
         source = "given"
     timings["fov_ms"] = (time.perf_counter() - t0) * 1e3
+
+    # The FOV is measured at the original resolution and is not carried to the resampled image: the tiles see
+    # the whole image either way (as at native scale), and the FOV only masks the output, which happens at the
+    # original resolution with the original mask (a given --mask stays exact; nothing is re-estimated).
+    t_r = time.perf_counter()
+    scale = plan_scale(image.shape, fov, preprocess.fov_diameter_px, native_scale)
+    work = resize_image(image, scale.processed) if scale.resampled else image
+    timings["resample_ms"] = (time.perf_counter() - t_r) * 1e3
 
     tiles = 0
 
@@ -143,15 +160,23 @@ def segment(
     t1 = time.perf_counter()
     # (C, H, W) view of the uint8 image: tiles are cut from uint8 and converted one at a time, so the
     # whole image never exists in float32.
-    probs = sliding_window_inference(image.transpose(2, 0, 1), predict, (th, tw), overlap, divisor, blend)
+    probs = sliding_window_inference(work.transpose(2, 0, 1), predict, (th, tw), overlap, divisor, blend)
     timings["tiling_ms"] = (time.perf_counter() - t1) * 1e3
+    del work
     if probs.shape[0] != 1:
         raise PackageError(f"package {package.path} outputs {probs.shape[0]} channels; this runtime reads a "
                            "single vessel channel")
     prob = probs[0]
+    if scale.resampled:
+        t_b = time.perf_counter()
+        # the map at the processed size is dropped as soon as the full-size one exists: with the photograph,
+        # the full-size float32 map is the only image-sized array beyond what native-scale runs hold
+        prob = resize_prob(prob, (h, w))
+        del probs
+        timings["resample_ms"] += (time.perf_counter() - t_b) * 1e3
     prob[~fov] = 0.0
     mask = prob > threshold
-    result = SegmentResult(prob, mask, fov, source, threshold, overlap, blend, tiles)
+    result = SegmentResult(prob, mask, fov, source, threshold, overlap, blend, tiles, scale=scale)
     if truth is not None:
         result.confusion = confusion(mask, truth, fov)
     timings["total_ms"] = (time.perf_counter() - t0) * 1e3
