@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", default=None, metavar="LIST",
                    help="run only on these CPU cores, e.g. 4,5 (RK3399 big cores) or 0-3 (default: the cores this "
                         "process may use now)")
+    p.add_argument("--native-scale", action="store_true",
+                   help="tile each photo at its own resolution; by default a photo is resampled by its field of view "
+                        "to the scale the package's weights were trained at (meta.json preprocess.fov_diameter_px) "
+                        "and the probability map brought back to the photo's size")
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument("--float", dest="float_out", action="store_true", help="also write <stem>_prob.tif (float32)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the run summary as JSON")
@@ -213,6 +217,7 @@ class ImageReport:
     tiles: int | None = None
     fov_source: str | None = None
     fov_fraction: float | None = None
+    scale: dict[str, Any] | None = None  # edge.scale.ScaleInfo.to_dict(): resampled by the FOV, or why not
     timings_ms: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
@@ -282,6 +287,9 @@ def format_summary(s: dict[str, Any]) -> str:
                  + f", machine {s['machine']}")
     if b["fallback"]:
         lines.append(f"fallback: {b['fallback']}")
+    scale = format_scale(s)
+    if scale:
+        lines.append(scale)
     m = s["metrics"]
     if m:
         lines.append(f"metrics (inside the FOV, pooled over {m['images']} images): dice {_fmt(m['dice'])}, "
@@ -289,6 +297,41 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"accuracy {_fmt(m['accuracy'])}")
     lines.append(f"outputs: {s['out']}")
     return "\n".join(lines)
+
+
+def format_scale(s: dict[str, Any]) -> str | None:
+    """The summary's ``scale:`` line: how the photos were resampled by their FOV, or why they were not."""
+    from edge.scale import AT_TRAINING_SCALE, FOV_UNMEASURABLE, ScaleInfo
+
+    sc = s["scale"]
+    target = sc["training_fov_px"]
+    if sc["native_scale"]:
+        return "scale: native (--native-scale)" + (f"; the weights were trained at FOV {target:g} px" if target else "")
+    if target is None:
+        return ("scale: native; the package records no training scale (meta.json preprocess.fov_diameter_px); "
+                "re-export it with edge-export --fov-diameter PX")
+    done = [(Path(i["input"]).name, ScaleInfo.from_dict(i["scale"])) for i in s["images"] if i["ok"]]
+    if not done:
+        return None
+    off = "; --native-scale to turn off"
+    if len(done) == 1:
+        return f"scale: {done[0][1].describe()}{off}"
+    res = [i for _, i in done if i.resampled]
+    parts = []
+    if res:
+        lo, hi = min(i.factor for i in res), max(i.factor for i in res)
+        parts.append(f"{len(res)} of {len(done)} images resampled by their FOV to {target:g} px (the weights' "
+                     f"training scale), factor {lo:.2f}" + (f"-{hi:.2f}" if hi > lo else ""))
+        limited = [n for n, i in done if i.resampled and i.notice]
+        if limited:
+            parts.append(f"factor limited for {', '.join(limited)}")
+    at = [n for n, i in done if i.status == AT_TRAINING_SCALE]
+    if at:
+        parts.append(f"{len(at)} at the training scale already")
+    bad = [n for n, i in done if i.status == FOV_UNMEASURABLE]
+    if bad:
+        parts.append(f"{len(bad)} at native scale, FOV not measurable: {', '.join(bad)}")
+    return "scale: " + "; ".join(parts) + off
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -335,6 +378,7 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
     from edge.imageio import read_image, read_mask, write_atomic
     from edge.metrics import Confusion
     from edge.package import host_arch
+    from edge.scale import FOV_UNMEASURABLE, RESAMPLED
     from edge.segment import resolve_options, segment
 
     threshold, overlap, blend = resolve_options(pkg, args.threshold, args.overlap, blend)
@@ -357,7 +401,8 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
                      if args.truth else None)
             t_read = time.perf_counter()
             result = segment(image, pkg, choice.backend, threshold=options["threshold"],
-                             overlap=options["overlap"], blend=options["blend"], fov=fov, truth=truth)
+                             overlap=options["overlap"], blend=options["blend"], fov=fov, truth=truth,
+                             native_scale=args.native_scale)
             t_seg = time.perf_counter()
             files = render_outputs(image, result, truth, path.stem, out, args.overlay, args.float_out)
             rep.outputs = write_outputs(files)
@@ -375,24 +420,32 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
         rep.size = [int(shape[0]), int(shape[1])]
         rep.tiles = result.tiles
         rep.fov_source, rep.fov_fraction = result.fov_source, round(result.fov_fraction, 6)
+        rep.scale = result.scale.to_dict()
         rep.timings_ms = {"read_ms": (t_read - t0) * 1e3, **result.timings_ms,
                           "write_ms": (t_end - t_seg) * 1e3, "image_ms": (t_end - t0) * 1e3}
         if result.confusion is not None:
             rep.metrics = result.confusion.to_dict()
             pooled = result.confusion if pooled is None else pooled + result.confusion
-        cost = result.tiles * pkg.tile[0] * pkg.tile[1] / (shape[0] * shape[1])
+        ph, pw = result.scale.processed  # the tiles were cut from the resampled photo
+        cost = result.tiles * pkg.tile[0] * pkg.tile[1] / (ph * pw)
         planned = pkg.info.tiling.planned_for
         if planned and cost > 2 * float(planned.get("cost_factor", 1.0)):
             th, tw = pkg.tile
+            what = f"this {ph}x{pw} one"
+            if result.scale.resampled:
+                what += f" (resampled from {shape[0]}x{shape[1]})"
             tqdm.write(f"notice: {path}: this package's {th}x{tw} tile was planned for {planned['image'][0]}x"
-                       f"{planned['image'][1]} images; this {shape[0]}x{shape[1]} one cost {cost:.1f}x its pixels; "
-                       f"export a package with --image-size {shape[0]}x{shape[1]} for such images", file=sys.stderr)
+                       f"{planned['image'][1]} images; {what} cost {cost:.1f}x its pixels; "
+                       f"export a package with --image-size {ph}x{pw} for such images", file=sys.stderr)
+        if result.scale.notice or result.scale.status == FOV_UNMEASURABLE:
+            tqdm.write(f"notice: {path}: scale: {result.scale.describe()}", file=sys.stderr)
         if result.fov_source == "estimated" and result.fov_fraction < 0.1:
             tqdm.write(f"warning: {path}: the estimated field of view covers only {result.fov_fraction:.0%} of "
                        "the image; check the photo or pass --mask", file=sys.stderr)
         if args.verbose:
             tqdm.write(f"{path}: {result.tiles} tiles, " + ", ".join(
-                f"{k} {v:.1f}" for k, v in rep.timings_ms.items()), file=sys.stderr)
+                f"{k} {v:.1f}" for k, v in rep.timings_ms.items()) + f"; scale: {result.scale.describe()}",
+                file=sys.stderr)
         reports.append(rep)
 
     done = [r for r in reports if r.ok]
@@ -407,6 +460,9 @@ def _run_locked(args: argparse.Namespace, t_start: float, images: list[Path], pk
         "backend": {"name": choice.backend.name, "requested": choice.requested, "fallback": choice.fallback,
                     "threads": threads, "cores": cores, "device": choice.backend.device},
         "options": options,
+        "scale": {"native_scale": bool(args.native_scale),
+                  "training_fov_px": pkg.info.preprocess.fov_diameter_px if pkg.info.preprocess else None,
+                  "resampled": sum(1 for r in done if r.scale and r.scale["status"] == RESAMPLED)},
         "out": str(out.resolve()),
         "ok": len(done),
         "failed": len(reports) - len(done),

@@ -249,3 +249,42 @@ def test_runs_a_package_made_by_edge_export(images, tmp_path, capsys):
     a_tvm = cv2.imread(str(tmp_path / "tvm" / "a_prob.png"), cv2.IMREAD_UNCHANGED).astype(int)
     a_ort = cv2.imread(str(tmp_path / "onnxruntime" / "a_prob.png"), cv2.IMREAD_UNCHANGED).astype(int)
     assert np.abs(a_tvm - a_ort).max() <= 1  # 8-bit maps of the two backends agree
+
+
+def test_photos_are_resampled_to_the_training_scale_and_the_summary_says_so(pkg, images, tmp_path, capsys):
+    """A package that records its training scale (FOV 66.5 px; a.png's FOV measures 133 px): the photo is tiled at
+    half its size (4 tiles instead of 12), its outputs keep its size; --native-scale turns it off; each run says
+    which."""
+    scaled = variant(pkg, tmp_path / "scaled", preprocess={"fov_diameter_px": 66.5})
+    a, js = images / "a.png", tmp_path / "run.json"
+    assert main([str(a), "--package", str(scaled), "-o", str(tmp_path / "o1"), "--json", str(js), "-v"]) == 0
+    cap = capsys.readouterr()
+    line = next(ln for ln in cap.out.splitlines() if ln.startswith("scale: "))
+    assert line == ("scale: FOV 133 px -> 66.5 px (the weights' training scale), 150x200 processed at 75x100; "
+                    "--native-scale to turn off")
+    assert "a.png: 4 tiles" in cap.err and "; scale: FOV" in cap.err  # -v: per image
+    s = json.loads(js.read_text())
+    img = s["images"][0]
+    assert img["tiles"] == 4 and img["size"] == [150, 200] and "resample_ms" in img["timings_ms"]
+    assert img["scale"]["status"] == "resampled" and img["scale"]["processed"] == [75, 100]
+    assert s["scale"] == {"native_scale": False, "training_fov_px": 66.5, "resampled": 1}
+    assert cv2.imread(img["outputs"]["prob"], cv2.IMREAD_UNCHANGED).shape == (150, 200)
+
+    assert main([str(a), "--package", str(scaled), "-o", str(tmp_path / "o2"), "--json", str(js),
+                 "--native-scale", "--overwrite"]) == 0
+    assert "scale: native (--native-scale); the weights were trained at FOV 66.5 px" in capsys.readouterr().out
+    img = json.loads(js.read_text())["images"][0]
+    assert img["tiles"] == 12 and img["scale"]["status"] == "native-requested"
+
+    # a package without the key (made before it existed): native scale, said once in the summary
+    assert main([str(images), "--package", str(pkg), "-o", str(tmp_path / "o3")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("scale: native; the package records no training scale") == 1 and "--fov-diameter" in out
+
+    # a folder: one line for all; an all-black photo stays native with its reason, announced per image
+    write_image(images / "d.png", np.zeros((60, 80, 3), np.uint8))
+    assert main([str(images), "--package", str(scaled), "-o", str(tmp_path / "o4")]) == 0
+    cap = capsys.readouterr()
+    assert "scale: 3 of 4 images resampled by their FOV to 66.5 px (the weights' training scale), factor " in cap.out
+    assert "1 at native scale, FOV not measurable: d.png; --native-scale to turn off" in cap.out
+    assert "notice: " in cap.err and "d.png: scale: native scale: the field of view is empty" in cap.err
