@@ -31,6 +31,20 @@ def plan_for_image(model: str, image_size: str, max_tile_mpx: float) -> tuple[tu
                        "max_tile_pixels": int(max_tile_mpx * 1e6), "overlap": plan.overlap}
 
 
+def parse_fov_diameter(text: str | None) -> float | None:
+    """``--fov-diameter PX``: a positive, finite number (None when not given)."""
+    if text is None:
+        return None
+    from export.pipeline import check_fov_diameter
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise EdgeError(f"--fov-diameter {text!r} is not a number; pass the FOV diameter in pixels of the images the "
+                        "weights were trained at, e.g. --fov-diameter 540 for DRIVE") from None
+    return check_fov_diameter(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from export.targets import PRESETS
 
@@ -52,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-tile-mpx", type=float, default=DEFAULT_MAX_TILE_MPX, metavar="MPX",
                     help="with --image-size: largest tile in megapixels (M2U-Net needs ~100 MB of working memory per "
                          f"megapixel of tile; default: {DEFAULT_MAX_TILE_MPX})")
+    ap.add_argument("--fov-diameter", metavar="PX", default=None,
+                    help="the field-of-view diameter in pixels of the images the weights were trained at, recorded in "
+                         "meta.json (preprocess.fov_diameter_px): edge-run resamples each photograph by its FOV to it. "
+                         "Default: the weights' sidecar JSON (<weights>.json, \"scale\": {\"fov_diameter_px\": PX}), "
+                         "else unknown (edge-run works at native scale). The only way for an ONNX file. The authors' "
+                         "checkpoints, approximately: 540 (DRIVE), 940 (CHASE_DB1), 3300 (HRF)")
     ap.add_argument("--out", help="package directory (default: packages/<model>-<target>-<HxW>)")
     ap.add_argument("--force", action="store_true", help="replace an existing package directory")
     ap.add_argument("--cuda-arch", help="CUDA architecture for --target cuda, e.g. sm_86")
@@ -80,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from edge.errors import parse_size
         from export.pipeline import export_model, fmt_summary
 
+        fov_diameter = parse_fov_diameter(args.fov_diameter)  # refused before any work
         input_size = parse_size(args.input_size, "--input-size") if args.input_size else None
         plan = None
         if args.image_size:
@@ -92,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         result = export_model(args.model, target=args.target, weights=args.weights, input_size=input_size,
                               out=args.out, cuda_arch=args.cuda_arch, tuning_db=args.tuning_db,
                               tune_trials=args.tune, force=args.force, rpc_tracker=args.rpc_tracker,
-                              rpc_key=args.rpc_key, tile_plan=plan)
+                              rpc_key=args.rpc_key, tile_plan=plan, fov_diameter=fov_diameter)
         print(fmt_summary(result))
         return 0
 

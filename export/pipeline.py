@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
 import sys
 import tempfile
@@ -33,6 +34,7 @@ class ExportResult:
     meta: dict
     stages: list[Stage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    scale_source: str | None = None  # where meta.json's preprocess.fov_diameter_px came from
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Source:
     shape: list[int]
     model_meta: dict
     torch_params: int | None = None
+    fov_diameter_px: float | None = None  # the training scale (FOV diameter, px) the runtime resamples to
+    scale_source: str | None = None  # "--fov-diameter", "sidecar <name>.json" or None (unknown)
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,25 @@ class Library:
     compiled: tvm_stage.Compiled
 
 
+def check_fov_diameter(value: float | None) -> float | None:
+    """``--fov-diameter``: a positive, finite number of pixels (or None: read from the weights' sidecar)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise EdgeError(f"--fov-diameter {value} must be a positive number of pixels (the FOV diameter of the images "
+                        "the weights were trained at, e.g. 540 for DRIVE)")
+    return float(value)
+
+
 def load_source(model: str, weights: str | Path | None, input_size: tuple[int, int] | None, tmp: Path,
-                run: Run) -> Source:
-    """A registered model (exported from PyTorch, parity checked) or an ONNX file (repaired, shape fixed)."""
+                run: Run, fov_diameter: float | None = None) -> Source:
+    """A registered model (exported from PyTorch, parity checked) or an ONNX file (repaired, shape fixed).
+
+    ``fov_diameter``: the weights' training scale; default: the ``scale.fov_diameter_px`` of the weights' JSON
+    sidecar (``m2unet.json`` beside ``m2unet.pth``); an ONNX file has none (None: unknown)."""
     t0 = time.perf_counter()
+    fov_diameter = check_fov_diameter(fov_diameter)
+    given = "--fov-diameter" if fov_diameter is not None else None
     if model.lower().endswith(".onnx"):
         if weights is not None:
             raise EdgeError("--weights applies to registered models; an ONNX file carries its own weights")
@@ -110,10 +129,10 @@ def load_source(model: str, weights: str | Path | None, input_size: tuple[int, i
         run.warn("ONNX input: the output is assumed to be logits of inputs scaled to [0, 1] (no mean/std); "
                  "check meta.json if your model differs")
         run.timed("load + repair onnx", t0, f"{len(changes)} repairs" if changes else "valid as is")
-        return Source(m, name, list(shape), meta_model)
+        return Source(m, name, list(shape), meta_model, fov_diameter_px=fov_diameter, scale_source=given)
 
     from models import create_model, get_spec
-    from models.weights import shipped_weights
+    from models.weights import shipped_weights, sidecar_scale
 
     spec = get_spec(model)
     size = input_size or spec.default_tile
@@ -125,6 +144,9 @@ def load_source(model: str, weights: str | Path | None, input_size: tuple[int, i
         run.warn(msg)
         run.log(msg)
     net = create_model(spec.name, weights=weights)
+    if fov_diameter is None and weights is not None:
+        fov_diameter = sidecar_scale(weights)
+        given = None if fov_diameter is None else f"sidecar {Path(weights).with_suffix('.json').name}"
     shape = [1, spec.in_channels, *size]
     m, p = onnx_stage.torch_to_onnx(net, tuple(shape), tmp / "raw.onnx")
     run.parity.append(p.to_meta())
@@ -132,7 +154,8 @@ def load_source(model: str, weights: str | Path | None, input_size: tuple[int, i
                   "weights": None if weights is None else
                   {"file": Path(weights).name, "sha256": pkgfmt.sha256_file(weights)}}
     run.timed("torch -> onnx", t0, _parity_detail(p))
-    return Source(m, onnx_stage.INPUT_NAME, shape, meta_model, sum(q.numel() for q in net.parameters()))
+    return Source(m, onnx_stage.INPUT_NAME, shape, meta_model, sum(q.numel() for q in net.parameters()),
+                  fov_diameter, given)
 
 
 def verify_onnx(src: Source, out: Path, run: Run) -> VerifiedOnnx:
@@ -203,15 +226,20 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                  input_size: tuple[int, int] | None = None, out: str | Path | None = None,
                  cuda_arch: str | None = None, tuning_db: str | Path | None = None, tune_trials: int = 0,
                  force: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
-                 tile_plan: dict | None = None, log=tvm_stage.progress) -> ExportResult:
+                 tile_plan: dict | None = None, fov_diameter: float | None = None,
+                 log=tvm_stage.progress) -> ExportResult:
     """Run every stage (source -> verified ONNX -> library -> package), each checked against the previous one,
     and write the package atomically.
 
     ``model`` is a registered name or a path to an ``.onnx`` file. Raises :class:`EdgeError` on any failure;
     nothing is written then. ``tile_plan``: the camera image size the tile was planned for (``edge-export
-    --image-size``), recorded under ``tiling.planned_for``.
+    --image-size``), recorded under ``tiling.planned_for``. ``fov_diameter``: the FOV diameter in pixels of the
+    images the weights were trained at (default: the weights' sidecar's), recorded as
+    ``preprocess.fov_diameter_px``; edge-run resamples photographs to it.
     """
     from export.tuning import rpc_endpoint, tuning_key
+
+    fov_diameter = check_fov_diameter(fov_diameter)  # before any work
 
     preset = get_target(target)
     preset.check_toolchain()
@@ -226,7 +254,7 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
     run = Run(log)
     with tempfile.TemporaryDirectory(prefix="edge-export-") as tmpd:
         tmp = Path(tmpd)
-        src = load_source(model, weights, input_size, tmp, run)
+        src = load_source(model, weights, input_size, tmp, run, fov_diameter)
         v = verify_onnx(src, tmp / pkgfmt.ONNX, run)
         database = tuning_database(v, src.model_meta["name"], preset, tuning_db, tune_trials, cuda_arch, rpc, run)
         compiled = build_library(v, preset, tmp / pkgfmt.LIBRARY, cuda_arch, database, run).compiled
@@ -234,7 +262,8 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
         mm = src.model_meta
         meta = pkgfmt.build_meta(
             model=mm, input_name=v.input_name, shape=v.shape, output_name=v.graph.graph.output[0].name,
-            preprocess=pkgfmt.Preprocess("RGB", 1.0 / 255.0, tuple(mm["mean"]), tuple(mm["std"])),
+            preprocess=pkgfmt.Preprocess("RGB", 1.0 / 255.0, tuple(mm["mean"]), tuple(mm["std"]),
+                                         src.fov_diameter_px),
             threshold=mm["threshold"], overlap=mm["overlap"], planned_for=tile_plan,
             target={"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
                     "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
@@ -251,7 +280,7 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
         pkgfmt.write_package(outdir, meta, {pkgfmt.ONNX: tmp / pkgfmt.ONNX, pkgfmt.LIBRARY: compiled.library},
                              force=force)
         run.timed("write package", t0, str(outdir))
-    return ExportResult(outdir, meta, run.stages, run.warnings)
+    return ExportResult(outdir, meta, run.stages, run.warnings, src.scale_source)
 
 
 def _parity_detail(p: onnx_stage.Parity) -> str:
@@ -288,6 +317,10 @@ def fmt_summary(r: ExportResult) -> str:
     lines.append(f"tuning   {t['database'] or 'no database'}: {t['tuned_kernels']} tuned kernels, "
                  f"{t['hand_kernels']} hand-written, {len(left)} on TVM's default lowering (unscheduled, slow)"
                  + (f": {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""))
+    fov = r.meta["preprocess"].get("fov_diameter_px")
+    lines.append(f"scale    training scale: FOV {fov:g} px ({r.scale_source}); edge-run resamples photographs to it"
+                 if fov is not None else
+                 "scale    training scale: unknown (runtime works at native scale; pass --fov-diameter)")
     if r.meta["model"].get("untrained"):
         lines.append("WARNING  untrained (random) weights: this package does not segment vessels")
     return "\n".join(lines)

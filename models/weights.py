@@ -1,6 +1,8 @@
 """Loading state dicts into zoo models, with errors that name the keys that do not fit."""
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import re
 import sys
@@ -17,6 +19,33 @@ def shipped_weights(model: str) -> Path | None:
     """The default weights shipped for ``model`` (``models/weights/<model>.pth``), None when there are none."""
     p = SHIPPED / f"{model}.pth"
     return p if p.is_file() else None
+
+
+def sidecar_scale(weights: str | Path) -> float | None:
+    """The training scale a checkpoint's JSON sidecar records (``m2unet.json`` beside ``m2unet.pth``:
+    ``"scale": {"fov_diameter_px": 960}``, the FOV diameter in pixels of the images it was trained at); None when
+    there is no sidecar or it records no scale. A sidecar that says something unusable is refused."""
+    side = Path(weights).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgeError(f"the weights' sidecar {side} is not readable JSON ({exc}); fix or remove it, or pass "
+                        "--fov-diameter PX") from exc
+    scale = meta.get("scale") if isinstance(meta, dict) else None
+    if scale is None:
+        return None
+    if not isinstance(scale, dict):
+        raise EdgeError(f"the weights' sidecar {side} has scale {json.dumps(scale)[:40]}, not "
+                        '{"fov_diameter_px": PX}; fix it or pass --fov-diameter PX')
+    value = scale.get("fov_diameter_px")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise EdgeError(f"the weights' sidecar {side} has scale.fov_diameter_px {json.dumps(value)[:40]}, not a "
+                        "positive number of pixels; fix it or pass --fov-diameter PX")
+    return float(value)
 
 
 def unpickled_code(exc: BaseException) -> str | None:

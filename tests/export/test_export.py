@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from edge.errors import EdgeError
 from edge.package import load_package, sha256_file
 from export.cli import main
 from export.pipeline import export_model
@@ -100,6 +101,8 @@ def test_existing_package_is_not_replaced_without_force(x86_package, tmp_path):
                                                                         "overlap of 224 px"),
     (["m2unet", "--image-size", "2336x3504", "--max-tile-mpx", "-1"], "--max-tile-mpx -1.0 must be above 0"),
     (["some.onnx", "--image-size", "2336x3504"], "--image-size needs a registered model"),
+    (["m2unet", "--fov-diameter", "0"], "--fov-diameter 0.0 must be a positive number of pixels"),
+    (["nothere.onnx", "--fov-diameter", "big"], "--fov-diameter 'big' is not a number"),
 ])
 def test_bad_input_is_one_line_with_nonzero_exit(argv, message, capsys, tmp_path):
     rc = main(argv + ["--out", str(tmp_path / "p")])
@@ -204,3 +207,46 @@ def test_image_size_export_records_the_plan_and_edge_run_uses_it(tmp_path, capsy
     capsys.readouterr()
     assert edge_run([str(tmp_path / "tiny.png"), "--package", str(out), "-o", str(tmp_path / "o2")]) == 0
     assert "was planned for 100x180 images" in capsys.readouterr().err
+
+
+def test_training_scale_comes_from_the_sidecar_and_fov_diameter_overrides_it(tmp_path, capsys):
+    """The weights' sidecar (best.json beside best.pth) records the FOV diameter they were trained at: it lands
+    in meta.json as preprocess.fov_diameter_px, for edge-run to resample to; --fov-diameter overrides it."""
+    from export.pipeline import Run, load_source
+
+    weights = tmp_path / "best.pth"
+    torch.save(create_model("m2unet").state_dict(), weights)
+    (tmp_path / "best.json").write_text(json.dumps({"model": "m2unet", "scale": {"fov_diameter_px": 960}}))
+    assert main(["m2unet", "--weights", str(weights), "--input-size", "32", "--out", str(tmp_path / "p")]) == 0
+    assert "training scale: FOV 960 px (sidecar best.json)" in capsys.readouterr().out
+    assert load_package(tmp_path / "p").info.preprocess.fov_diameter_px == 960.0
+    run = Run(lambda m: None)
+    src = load_source("m2unet", weights, (32, 32), tmp_path, run, fov_diameter=540)
+    assert (src.fov_diameter_px, src.scale_source) == (540.0, "--fov-diameter")
+    (tmp_path / "best.json").write_text("{not json")  # the sidecar is not even read when the flag is given
+    assert load_source("m2unet", weights, (32, 32), tmp_path, run, fov_diameter=3300).fov_diameter_px == 3300.0
+    with pytest.raises(EdgeError, match="sidecar .*best.json is not readable JSON.*--fov-diameter"):
+        load_source("m2unet", weights, (32, 32), tmp_path, run)
+    (tmp_path / "best.json").write_text(json.dumps({"scale": {"fov_diameter_px": -1}}))
+    with pytest.raises(EdgeError, match="scale.fov_diameter_px -1, not a positive number"):
+        load_source("m2unet", weights, (32, 32), tmp_path, run)
+    (tmp_path / "best.json").unlink()
+    assert load_source("m2unet", weights, (32, 32), tmp_path, run).fov_diameter_px is None
+
+
+def test_an_onnx_file_records_the_scale_only_when_given(tmp_path, capsys):
+    import warnings
+
+    from export.pipeline import Run, fmt_summary, load_source
+
+    onnx_path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(torch.nn.Conv2d(3, 1, 3, padding=1), torch.rand(1, 3, 32, 32), str(onnx_path),
+                          opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
+    run = Run(lambda m: None)
+    assert load_source(str(onnx_path), None, None, tmp_path, run).fov_diameter_px is None
+    assert load_source(str(onnx_path), None, None, tmp_path, run, fov_diameter=540).fov_diameter_px == 540.0
+    r = export_model(str(onnx_path), "x86_64", out=tmp_path / "p", log=lambda m: None)
+    assert r.meta["preprocess"]["fov_diameter_px"] is None
+    assert "training scale: unknown (runtime works at native scale; pass --fov-diameter)" in fmt_summary(r)

@@ -159,6 +159,31 @@ def test_hostile_checkpoint_is_refused(case, tool, zoo, tmp_path, expect_refusal
     assert not (zoo / "PWNED").exists(), "unpickling the checkpoint ran its code"
 
 
+FOV_DIAMETERS = {
+    "zero": ("0", r"--fov-diameter 0\.0 must be a positive number of pixels"),
+    "negative": ("-540", r"--fov-diameter -540\.0 must be a positive number"),
+    "not a number": ("540px", r"--fov-diameter '540px' is not a number; pass the FOV diameter in pixels"),
+    "nan": ("nan", r"--fov-diameter nan must be a positive number"),
+    "infinite": ("inf", r"--fov-diameter inf must be a positive number"),
+    "empty": ("", r"--fov-diameter '' is not a number"),
+}
+
+
+@pytest.mark.parametrize("source", ["m2unet", "good.onnx"])
+@pytest.mark.parametrize("case", list(FOV_DIAMETERS))
+def test_bad_fov_diameter_is_refused_before_any_work(case, source, zoo, tmp_path, expect_refusal, monkeypatch):
+    import export.pipeline
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded before --fov-diameter was checked")
+
+    monkeypatch.setattr(export.pipeline, "load_source", no_work)
+    value, match = FOV_DIAMETERS[case]
+    model = str(zoo / source) if source.endswith(".onnx") else source
+    expect_refusal(export_main, [model, "--fov-diameter", value, "--out", tmp_path / "pkg"],
+                   watch=[tmp_path, zoo], match=match, rc=2)
+
+
 def test_eval_checkpoint_whose_sidecar_names_another_model(zoo, tmp_path, expect_refusal):
     expect_refusal(eval_main, [zoo / "m2unet.pth", "--model", "erfnet", *EVAL, "--out", tmp_path / "eval"],
                    watch=[tmp_path, zoo], match=r"was trained for 'm2unet' .*, not 'erfnet'; pass a checkpoint", rc=2)
