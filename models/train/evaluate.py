@@ -78,20 +78,37 @@ def checkpoint_predictor(path: str | Path, model: str | None, threads: int | Non
                      thr, src if thr is not None else None)
 
 
-def package_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
+def package_predictor(path: str | Path, backend: str = "auto", threads: int | None = None,
+                      native_scale: bool = False) -> Predictor:
+    """Through :func:`edge.segment.segment` as edge-run does: photos resampled by their FOV to the package's training
+    scale unless ``native_scale`` (recorded per image under ``scale`` in the summary's source)."""
     from edge.backends import create_backend
     from edge.package import load_package
+    from edge.scale import FOV_UNMEASURABLE
     from edge.segment import segment
 
     pkg = load_package(path)
     choice = create_backend(pkg, backend, threads)
+    target = pkg.info.preprocess.fov_diameter_px if pkg.info.preprocess else None
+    scale: dict = {"native_scale": native_scale, "training_fov_px": target, "images": {}}
+    if native_scale:
+        _log("scale: native (--native-scale)" + (f"; the weights were trained at FOV {target:g} px" if target else ""))
+    elif target is None:
+        _log("scale: native; the package records no training scale (meta.json preprocess.fov_diameter_px)")
+    else:
+        _log(f"scale: images resampled by their FOV to {target:g} px (the weights' training scale); "
+             "--native-scale to turn off")
 
     def fn(it: Loaded) -> np.ndarray:
-        return segment(it.image, pkg, choice.backend, fov=it.fov).prob
+        r = segment(it.image, pkg, choice.backend, fov=it.fov, native_scale=native_scale)
+        scale["images"][it.name] = r.scale.to_dict()
+        if r.scale.notice or r.scale.status == FOV_UNMEASURABLE:
+            _log(f"notice: {it.name}: scale: {r.scale.describe()}")
+        return r.prob
 
     return Predictor("package", fn, {"package": str(path), "model": pkg.model_name,
                                      "backend": type(choice.backend).__name__, "fallback": choice.fallback,
-                                     "tile": list(pkg.tile)})
+                                     "tile": list(pkg.tile), "scale": scale})
 
 
 def folder_predictor(path: str | Path) -> Predictor:
@@ -122,7 +139,7 @@ def folder_predictor(path: str | Path) -> Predictor:
 
 
 def make_predictor(source: str | Path, model: str | None = None, backend: str = "auto",
-                   threads: int | None = None) -> Predictor:
+                   threads: int | None = None, native_scale: bool = False) -> Predictor:
     from edge.package import ARCHIVE_SUFFIXES, LIBRARY, META, ONNX
 
     p = Path(source)
@@ -134,7 +151,7 @@ def make_predictor(source: str | Path, model: str | None = None, backend: str = 
     # load_package says what is wrong with it, instead of it being read as a folder of predictions
     if (p.is_dir() and any((p / m).exists() or (p / m).is_symlink() for m in (META, ONNX, LIBRARY))) or \
             (p.is_file() and (p.name in (META, ONNX, LIBRARY) or p.name.lower().endswith(ARCHIVE_SUFFIXES))):
-        return package_predictor(p, backend, threads)
+        return package_predictor(p, backend, threads, native_scale)
     if p.is_dir():
         return folder_predictor(p)
     raise EdgeError(f"{source}: expected a .pth/.pt checkpoint, a package folder (with meta.json) or a folder of "
@@ -203,11 +220,13 @@ class EvalResult:
 def evaluate(source: str | Path, dataset: str, data: str | None = None, split: str = "test",
              model: str | None = None, out: str | Path | None = None, threshold: float | None = None,
              threshold_from_training: bool = False, backend: str = "auto", threads: int | None = None,
-             connectivity: bool = True, samples: list[Sample] | None = None, log=_log, **split_kw) -> EvalResult:
-    """Evaluate ``source`` on ``dataset``'s ``split``; write CSV, JSON and PNGs to ``out``."""
+             connectivity: bool = True, samples: list[Sample] | None = None, log=_log, native_scale: bool = False,
+             **split_kw) -> EvalResult:
+    """Evaluate ``source`` on ``dataset``'s ``split``; write CSV, JSON and PNGs to ``out``. ``native_scale``: a
+    package's photos are tiled at their own resolution instead of resampled to its training scale."""
     if threshold is not None and not 0 <= threshold <= 1:
         raise EdgeError(f"--threshold {threshold} is outside [0, 1]")
-    pred = make_predictor(source, model, backend, threads)
+    pred = make_predictor(source, model, backend, threads, native_scale)
     samples = samples if samples is not None else load_split(dataset, data, split, **split_kw)
     if threshold is not None:
         chosen, chosen_src = float(threshold), "given (--threshold)"
@@ -299,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="choose the second threshold as the Dice-optimal one on the training split")
     ap.add_argument("--backend", default="auto", help="package backend: auto, tvm, onnxruntime")
     ap.add_argument("--threads", type=int, help="CPU threads")
+    ap.add_argument("--native-scale", action="store_true",
+                    help="a package: tile each image at its own resolution (default: resampled by its field of view "
+                         "to the package's training scale, as edge-run does)")
     ap.add_argument("--no-connectivity", action="store_true", help="skip the connectivity metric (slow on HRF)")
     ap.add_argument("--synthetic-count", type=int, default=20)
     ap.add_argument("--synthetic-size", default="584x565")
@@ -318,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             kw = {"count": args.synthetic_count, "size": parse_size(args.synthetic_size, "--synthetic-size", 16)}
         r = evaluate(args.source, dataset, args.data, look_up_option(args.split, SPLITS, "split"), args.model,
                      args.out, args.threshold, args.threshold_from_train, args.backend, args.threads,
-                     not args.no_connectivity, **kw)
+                     not args.no_connectivity, native_scale=args.native_scale, **kw)
         m = r.summary["mean"]
         line = f"{r.summary['images']} images: Dice {m['dice@0.5']:.4f} at 0.5"
         if "dice@chosen" in m:
