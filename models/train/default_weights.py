@@ -1,8 +1,10 @@
-"""Reproduce the project's default M2U-Net weights (models/weights/m2unet.pth) and measure their agreement.
+"""Stage 1 of the project's default M2U-Net weights: the CC0 weights, the starting point of the distillation.
 
 Training data: only what the project may use and redistribute (``--dataset cc0``, see
 :mod:`models.train.labels`): scikit-image's CC0 retina() at several sizes with Frangi-derived labels, plus
-synthetic fundus images. The published checkpoints are used for nothing but the agreement yardstick::
+synthetic fundus images; the published checkpoints serve only as a yardstick here. Stage 2,
+:mod:`models.train.distill`, starts from these weights and distils the authors' checkpoints into the shipped
+``models/weights/m2unet.pth`` (its model card tells the whole recipe)::
 
     python -m models.train.default_weights --out runs/m2unet-cc0          # train (about 20 min, 1 thread)
     python -m models.train.default_weights --measure models/weights/m2unet.pth \
