@@ -326,9 +326,11 @@ def train(out: Path, init: Path | None, threads: int, teacher_dir: Path = TEACHE
             "init": None if init is None else str(init)}
 
 
-def ship(run: Path, teacher_dir: Path = TEACHER_DIR) -> Path:
-    """Measure ``run/best.pth`` (:mod:`models.train.agreement`, full set and the test's subset) and write it
-    with its sidecar as the shipped default weights, all files or none."""
+def ship(run: Path, teacher_dir: Path = TEACHER_DIR, full: dict | None = None) -> Path:
+    """Measure ``run/best.pth`` (:mod:`models.train.agreement`; ``full``: that result, already measured) and
+    write it with its sidecar as the shipped default weights, all files or none. The sidecar's
+    ``agreement_guard`` is the first image of each band, the subset tests/train/test_default_weights.py
+    measures again."""
     import hashlib
 
     from edge.errors import EdgeError
@@ -344,8 +346,11 @@ def ship(run: Path, teacher_dir: Path = TEACHER_DIR) -> Path:
         raise EdgeError(f"{run} holds no finished distillation run (best.pth, run.json); run "
                         "python -m models.train.distill --out RUN first")
     r = json.loads((run / "run.json").read_text())
-    full = A.agreement(best, STUDENT_FOV, teacher_dir=teacher_dir)
-    guard = A.agreement(best, STUDENT_FOV, A.eval_images(per_band=1), teacher_dir=teacher_dir)
+    full = full or A.agreement(best, STUDENT_FOV, teacher_dir=teacher_dir)
+    first = {}
+    for row in full["images"]:
+        first.setdefault(row["band"], row)
+    guard = {b: {k: row[k] for k in TEACHERS} for b, row in first.items()}
     data = best.read_bytes()
     sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
     side = {
@@ -363,8 +368,8 @@ def ship(run: Path, teacher_dir: Path = TEACHER_DIR) -> Path:
         "recipe": r["recipe"], "target_weights": r["target_weights"], "best_step": r["best_step"],
         "best_val_min_agreement": r["best_val_min_agreement"],
         "agreement": {"bands": full["bands"], "images": full["images"], "min": full["min"]},
-        "agreement_guard": {"bands": guard["bands"], "min": guard["min"]},
-        "versions": versions(("torch", "numpy", "opencv-python-headless")),
+        "agreement_guard": {"bands": guard, "images": [row["image"] for row in first.values()]},
+        "versions": versions(("torch", "numpy")),
     }
     write_files_atomic({SHIPPED / "m2unet.pth": data,
                         SHIPPED / "m2unet.json": (json.dumps(side, indent=2) + "\n").encode()})
