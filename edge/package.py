@@ -307,6 +307,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def is_positive_number(v: Any) -> bool:
+    """A finite number above 0 (not a bool): a pixel count such as ``preprocess.fov_diameter_px``."""
+    return _is_number(v) and v > 0
+
+
 def _is_int(v: Any, low: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
@@ -332,7 +337,7 @@ _SCHEMA: tuple[tuple[str, str | None, bool, Any, str], ...] = (
     ("preprocess", "std", True, lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x != 0 for x in v),
      "a list of non-zero numbers"),
     # absent or null in packages made before it was recorded: the runtime then works at native scale
-    ("preprocess", "fov_diameter_px", False, lambda v: v is None or (_is_number(v) and v > 0),
+    ("preprocess", "fov_diameter_px", False, lambda v: v is None or is_positive_number(v),
      "a positive number of pixels (the training images' FOV diameter) or null"),
     ("postprocess", None, False, lambda v: isinstance(v, dict), "an object"),
     ("postprocess", "threshold", False, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import platform
 import sys
 import tempfile
@@ -89,7 +88,7 @@ def check_fov_diameter(value: float | None) -> float | None:
     """``--fov-diameter``: a positive, finite number of pixels (or None: read from the weights' sidecar)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not pkgfmt.is_positive_number(value):
         raise EdgeError(f"--fov-diameter {value} must be a positive number of pixels (the FOV diameter of the images "
                         "the weights were trained at, e.g. 540 for DRIVE)")
     return float(value)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from edge.errors import EdgeError
+from edge.package import is_positive_number
 
 SHIPPED = Path(__file__).resolve().parent / "weights"  # default weights shipped with the project (MODEL_CARD.md)
 
@@ -42,7 +42,7 @@ def sidecar_scale(weights: str | Path) -> float | None:
     value = scale.get("fov_diameter_px")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_positive_number(value):
         raise EdgeError(f"the weights' sidecar {side} has scale.fov_diameter_px {json.dumps(value)[:40]}, not a "
                         "positive number of pixels; fix it or pass --fov-diameter PX")
     return float(value)
