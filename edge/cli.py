@@ -301,15 +301,13 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def format_scale(s: dict[str, Any]) -> str | None:
     """The summary's ``scale:`` line: how the photos were resampled by their FOV, or why they were not."""
-    from edge.scale import AT_TRAINING_SCALE, FOV_UNMEASURABLE, ScaleInfo
+    from edge.scale import AT_TRAINING_SCALE, FOV_UNMEASURABLE, ScaleInfo, run_note
 
     sc = s["scale"]
     target = sc["training_fov_px"]
-    if sc["native_scale"]:
-        return "scale: native (--native-scale)" + (f"; the weights were trained at FOV {target:g} px" if target else "")
-    if target is None:
-        return ("scale: native; the package records no training scale (meta.json preprocess.fov_diameter_px); "
-                "re-export it with edge-export --fov-diameter PX")
+    note = run_note(sc["native_scale"], target)
+    if note:
+        return note
     done = [(Path(i["input"]).name, ScaleInfo.from_dict(i["scale"])) for i in s["images"] if i["ok"]]
     if not done:
         return None

@@ -133,6 +133,18 @@ class ScaleInfo:
         return d
 
 
+def run_note(native_scale: bool, target_px: float | None) -> str | None:
+    """The run-level ``scale:`` line when no photograph is resampled (native on request, or no training scale
+    recorded); None when photos are resampled and each one's :class:`ScaleInfo` has the say."""
+    if native_scale:
+        return "scale: native (--native-scale)" + (f"; the weights were trained at FOV {target_px:g} px"
+                                                    if target_px else "")
+    if target_px is None:
+        return ("scale: native; the package records no training scale (meta.json preprocess.fov_diameter_px); "
+                "re-export it with edge-export --fov-diameter PX")
+    return None
+
+
 def _hw(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.metrics import confusion
 from models.train import distill as D
 
 EVAL_SEED_BASE = 1_100_000
@@ -41,7 +42,7 @@ class EvalImage:
     band: str
     image: np.ndarray
     fov: np.ndarray
-    score_rows: slice  # rows that count (the bottom half of retina(); all rows of a synthetic image)
+    score_from: int  # the first row that counts (the bottom half of retina(); 0 for a synthetic image)
 
 
 def style(img: np.ndarray, name: str) -> np.ndarray:
@@ -82,7 +83,7 @@ def eval_images(bands: dict = BANDS, per_band: int | None = None) -> list[EvalIm
                 continue
             if kind == "syn":
                 img, fov = D.synthetic_scene(*arg, seed)
-                out.append(EvalImage(f"syn{seed}-{st}@{arg[1]}x{arg[0]}", band, style(img, st), fov, slice(None)))
+                out.append(EvalImage(f"syn{seed}-{st}@{arg[1]}x{arg[0]}", band, style(img, st), fov, 0))
             else:
                 rgb = data.retina()
                 if arg is not None:
@@ -90,7 +91,7 @@ def eval_images(bands: dict = BANDS, per_band: int | None = None) -> list[EvalIm
                     rgb = D.resize_to(rgb, size)
                 fov = estimate_fov(rgb)
                 out.append(EvalImage(f"retina-bottom@{rgb.shape[1]}", band, rgb, fov,
-                                     slice(rgb.shape[0] // 2, None)))
+                                     rgb.shape[0] // 2))
     return out
 
 
@@ -108,14 +109,14 @@ def agreement(weights: str | Path, fov_diameter: float | None, images: list[Eval
     rows = []
     for ev in images if images is not None else eval_images():
         m = ev.fov.copy()
-        m[: (ev.score_rows.start or 0)] = False
+        m[: ev.score_from] = False
         ours = D.runtime_prob(net, ev.image, fov_diameter) > 0.5
         row = {"image": ev.name, "band": ev.band}
         for k, t in teachers.items():
             if (ev.name, k) not in _REFERENCE:
                 _REFERENCE[ev.name, k] = D.teacher_prob(t, ev.image, ev.fov, D.TEACHERS[k][1]) > 0.5
             ref = _REFERENCE[ev.name, k]
-            row[k] = round(D.dice(ours, ref, m), 4)
+            row[k] = round(confusion(ours, ref, m).dice, 4)
         rows.append(row)
         print(f"{ev.name}: " + " ".join(f"{k} {row[k]:.3f}" for k in teachers), file=sys.stderr, flush=True)
     bands = {}

@@ -21,13 +21,14 @@ Each scene is resampled to the student's scale with its three teacher maps and c
 flips, colour, gamma, illumination, blur, noise, JPEG) and fits the soft target with BCE + 0.3 (1 - soft
 Jaccard) inside the FOV. It starts from the project's earlier CC0 weights (its own, not the teachers')::
 
-    python -m models.train.default_weights --out runs/m2unet-cc0    # stage 1: CC0 weights (about 15 min)
+    python -m models.train.default_weights --out runs/m2unet-cc0    # stage 1: CC0 weights (about 14 min)
     python -m models.train.distill --out runs/distill               # stage 2: scenes, training (about 45 min)
     python -m models.train.distill --ship runs/distill              # measure, write models/weights/m2unet.*
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -38,6 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.imageio import write_atomic
+from edge.metrics import confusion
 from edge.scale import fov_diameter, plan_scale, resize_image, resize_mask, resize_prob, scaled_size
 
 STUDENT_FOV = 960  # px: the FOV diameter the default weights are trained at
@@ -88,16 +91,10 @@ def resize_to(image: np.ndarray, size: tuple[int, int], mask: bool = False) -> n
 
 
 def whole_prob(net, image: np.ndarray) -> np.ndarray:
-    """Sigmoid of one whole-image pass (padded to the divisor), float32 (H, W)."""
-    import torch
+    """Sigmoid of one pass over the whole image (predict_prob with a tile that covers it), float32 (H, W)."""
+    from models.train.predict import predict_prob
 
-    from edge.package import Preprocess
-
-    h, w = image.shape[:2]
-    d = net.spec.divisor
-    x = Preprocess.from_spec(net.spec).image(np.pad(image, ((0, -h % d), (0, -w % d), (0, 0))))
-    with torch.no_grad():
-        return torch.sigmoid(net(torch.from_numpy(x)))[0, 0, :h, :w].numpy()
+    return predict_prob(net, image, tile=(1 << 16, 1 << 16))
 
 
 def teacher_prob(net, image: np.ndarray, fov: np.ndarray, diameter: float) -> np.ndarray:
@@ -160,20 +157,14 @@ def build_scenes(cache: Path, split: str, teacher_dir: Path = TEACHER_DIR) -> li
             t = time.perf_counter()
             image, fov = maker()
             sc = make_scene(name, image, fov, teachers)
-            np.savez_compressed(p.with_suffix(".tmp.npz"), image=sc.image, fov=sc.fov,
-                                **{f"t_{k}": v for k, v in sc.teachers.items()})
-            p.with_suffix(".tmp.npz").replace(p)
+            buf = io.BytesIO()
+            np.savez_compressed(buf, image=sc.image, fov=sc.fov, **{f"t_{k}": v for k, v in sc.teachers.items()})
+            write_atomic(p, buf.getvalue())
             print(f"scene {name}: {image.shape[1]}x{image.shape[0]} -> {sc.image.shape[1]}x{sc.image.shape[0]} "
                   f"({time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
         z = np.load(p)
         scenes.append(Scene(name, z["image"], {k: z[f"t_{k}"] for k in TEACHERS}, z["fov"]))
     return scenes
-
-
-def dice(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
-    a, b = a & m, b & m
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / s if s else 1.0
 
 
 def choose_weights(scenes: list[Scene], step: float = 0.1) -> tuple[dict[str, float], float]:
@@ -189,8 +180,8 @@ def choose_weights(scenes: list[Scene], step: float = 0.1) -> tuple[dict[str, fl
             w = dict(zip(names, (a, b, 1 - a - b)))
             worst = 1.0
             for k in names:
-                d = [dice(sum(w[j] * sc.teachers[j].astype(np.float32) for j in names) > 127.5,
-                          sc.teachers[k] > 127, sc.fov) for sc in scenes]
+                d = [confusion(sum(w[j] * sc.teachers[j].astype(np.float32) for j in names) > 127.5,
+                          sc.teachers[k] > 127, sc.fov).dice for sc in scenes]
                 worst = min(worst, float(np.mean(d)))
             if worst > best[1]:
                 best = ({k: round(float(v), 3) for k, v in w.items()}, worst)
@@ -309,7 +300,7 @@ def train(out: Path, init: Path | None, threads: int, teacher_dir: Path = TEACHE
         sched.step()
         if step % recipe["val_every"] == 0 or step == recipe["steps"]:
             net.eval()
-            agree = {k: float(np.mean([dice(whole_prob(net, sc.image) > 0.5, sc.teachers[k] > 127, sc.fov)
+            agree = {k: float(np.mean([confusion(whole_prob(net, sc.image) > 0.5, sc.teachers[k] > 127, sc.fov).dice
                                        for sc in val])) for k in TEACHERS}
             score = min(agree.values())
             history.append({"step": step, "loss": round(float(loss), 4), "val": agree,

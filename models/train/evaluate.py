@@ -84,20 +84,15 @@ def package_predictor(path: str | Path, backend: str = "auto", threads: int | No
     scale unless ``native_scale`` (recorded per image under ``scale`` in the summary's source)."""
     from edge.backends import create_backend
     from edge.package import load_package
-    from edge.scale import FOV_UNMEASURABLE
+    from edge.scale import FOV_UNMEASURABLE, run_note
     from edge.segment import segment
 
     pkg = load_package(path)
     choice = create_backend(pkg, backend, threads)
     target = pkg.info.preprocess.fov_diameter_px if pkg.info.preprocess else None
     scale: dict = {"native_scale": native_scale, "training_fov_px": target, "images": {}}
-    if native_scale:
-        _log("scale: native (--native-scale)" + (f"; the weights were trained at FOV {target:g} px" if target else ""))
-    elif target is None:
-        _log("scale: native; the package records no training scale (meta.json preprocess.fov_diameter_px)")
-    else:
-        _log(f"scale: images resampled by their FOV to {target:g} px (the weights' training scale); "
-             "--native-scale to turn off")
+    _log(run_note(native_scale, target) or f"scale: images resampled by their FOV to {target:g} px (the weights' "
+         "training scale); --native-scale to turn off")
 
     def fn(it: Loaded) -> np.ndarray:
         r = segment(it.image, pkg, choice.backend, fov=it.fov, native_scale=native_scale)
