@@ -269,7 +269,8 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                     "tuning_key": tuning_key(preset)},
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             tuning={"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks,
-                    "hand_kernels": compiled.hand_kernels, "default_lowering": list(compiled.default_kernels)},
+                    "hand_kernels": compiled.hand_kernels, "generic_kernels": list(compiled.generic_kernels),
+                    "default_lowering": list(compiled.default_kernels)},
             versions=pkgfmt.versions(("torch", "onnx", "onnxsim", "onnxruntime", "tvm", "tvm_ffi", "vessel_edge")),
             host={"machine": platform.machine(), "cpu": _host_cpu_name()},
             parity=run.parity, complexity=v.complexity.to_meta(), warnings=run.warnings)
@@ -314,7 +315,8 @@ def fmt_summary(r: ExportResult) -> str:
     t = r.meta["tuning"]
     left = t.get("default_lowering") or []
     lines.append(f"tuning   {t['database'] or 'no database'}: {t['tuned_kernels']} tuned kernels, "
-                 f"{t['hand_kernels']} hand-written, {len(left)} on TVM's default lowering (unscheduled, slow)"
+                 f"{t['hand_kernels']} hand-written, {len(t.get('generic_kernels') or [])} on the generic parallel "
+                 f"schedule, {len(left)} on TVM's default lowering (unscheduled, slow)"
                  + (f": {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""))
     fov = r.meta["preprocess"].get("fov_diameter_px")
     lines.append(f"scale    training scale: FOV {fov:g} px ({r.scale_source}); edge-run resamples photographs to it"

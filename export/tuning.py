@@ -209,7 +209,7 @@ def tune(m, input_name: str, shape: list[int], preset: TargetPreset, work_dir: P
                         "--rpc-key KEY (a board or the emulated userland running a TVM RPC server)")
     target = tuning_target(preset, cuda_arch)
     mod = import_onnx(m, input_name, shape)
-    mod, _, report = lower(mod, target, hand_kernels=preset.device == "cpu")
+    mod, _, report = lower(mod, target, hand_kernels=preset.device == "cpu", generic=False)
     work_dir.mkdir(parents=True, exist_ok=True)
     # MetaSchedule skips a task only when its module (not its function) says scheduled: filter here
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)

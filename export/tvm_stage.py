@@ -20,7 +20,8 @@ class Compiled:
     tuning_db: str | None
     tuned_tasks: int  # fused TIR functions that got a schedule from the database
     hand_kernels: int = 0  # fused TIR functions replaced by a hand-written kernel (export.schedules)
-    default_kernels: tuple[str, ...] = ()  # fused TIR functions neither hand-written nor tuned: TVM's default lowering
+    default_kernels: tuple[str, ...] = ()  # fused TIR functions left unscheduled: TVM's default lowering
+    generic_kernels: tuple[str, ...] = ()  # fused TIR functions on the generic parallel / vector schedule
 
 
 def import_onnx(m: onnx.ModelProto, input_name: str, shape: list[int]):
@@ -35,10 +36,12 @@ def import_onnx(m: onnx.ModelProto, input_name: str, shape: list[int]):
                         f"{str(exc).splitlines()[0][:200]}") from exc
 
 
-def lower(mod, target, database=None, hand_kernels: bool = True):
+def lower(mod, target, database=None, hand_kernels: bool = True, generic: bool = True):
     """Legalize and fuse (the zero pipeline), put hand-written kernels in place of the fused convolutions
-    they recognise (:mod:`export.schedules`), then apply tuned schedules from ``database`` (a MetaSchedule
-    database, :attr:`export.tuning.Database.records`) to the rest.
+    they recognise (:mod:`export.schedules`), apply tuned schedules from ``database`` (a MetaSchedule
+    database, :attr:`export.tuning.Database.records`) to the rest, and the generic parallel / vector
+    schedule (:mod:`export.schedules.generic`) to what is left (``generic=False``: leave it, for tuning;
+    ``hand_kernels=False`` leaves everything to TVM's default lowering).
 
     Returns (module, kernels the database scheduled, :class:`export.schedules.Report`)."""
     from tvm import relax
@@ -56,13 +59,16 @@ def lower(mod, target, database=None, hand_kernels: bool = True):
             mod, report = schedules.apply(mod, target)
             report.graph_rewrites = rewrites
             mod = schedules.fuse(mod, target, report)
-        if database is None:
-            return mod, 0, report
-        # tuned = scheduled by the database, not before it: hand kernels, graph rewrites and fused chains
-        # are scheduled already (under names of their own), and an empty database must count 0
-        before = _scheduled(mod)
-        mod = _apply_database(mod, database)
-    return mod, len(_scheduled(mod) - before), report
+        tuned = 0
+        if database is not None:
+            # tuned = scheduled by the database, not before it: hand kernels, graph rewrites and fused chains
+            # are scheduled already (under names of their own), and an empty database must count 0
+            before = _scheduled(mod)
+            mod = _apply_database(mod, database)
+            tuned = len(_scheduled(mod) - before)
+        if hand_kernels and generic:
+            mod = schedules.schedule_rest(mod, target, report)
+    return mod, tuned, report
 
 
 def _scheduled(mod) -> set[str]:
@@ -92,14 +98,16 @@ def compile_library(m: onnx.ModelProto, input_name: str, shape: list[int], prese
     mod = import_onnx(m, input_name, shape)
     tuned = hand = 0
     left: tuple[str, ...] = ()
+    generic: tuple[str, ...] = ()
     if preset.device == "cuda":
         ex = tvm.compile(mod, target=target)  # the GPU pipeline schedules with dlight
     else:
         mod, tuned, report = lower(mod, target, None if database is None else database.records,
                                    hand_kernels=hand_kernels)
         hand = report.count
-        done = _scheduled(mod)
-        left = tuple(sorted(n for n in report.default if n not in done))
+        done = _scheduled(mod) - set(report.generic)
+        left = tuple(sorted(n for n in report.default if n not in done and n not in report.generic))
+        generic = tuple(report.generic)
         ex = tvm.compile(mod, target=target)
     try:
         if preset.cross_compiler:
@@ -109,7 +117,7 @@ def compile_library(m: onnx.ModelProto, input_name: str, shape: list[int], prese
     except Exception as exc:  # linker failures come back as RuntimeError with the compiler's output
         raise EdgeError(f"linking the library for {preset.name} failed: {str(exc).splitlines()[0][:200]}") from exc
     return Compiled(out, {**preset.resolved_target(cuda_arch), "str": str(target)},
-                    None if database is None else str(database.path), tuned, hand, left)
+                    None if database is None else str(database.path), tuned, hand, left, generic)
 
 
 def run_library(library: Path, x: np.ndarray, device: str = "cpu") -> np.ndarray:

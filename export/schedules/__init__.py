@@ -17,6 +17,8 @@ The modules, and what imports what (arrows one way; no module imports another's 
 - ``graph``: Relax rewrites before legalization and ``rewrite_calls``, the call-rewriting driver; imports
   ``emit``, ``kernels``.
 - ``fused``: conv -> depthwise -> pointwise chains streamed row by row; imports ``emit``, ``graph``, ``match``.
+- ``generic``: parallel + vectorised schedules (TVM's primitives) for every kernel still unscheduled after the
+  hand-written ones and a tuning database: concats, pools, means, resizes; imports none of the others.
 - this package: ``apply`` / ``rewrite_graph`` / ``fuse``, what :mod:`export.tvm_stage` calls.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from export.schedules.emit import Cpu, cpu_of
 from export.schedules.kernels import generate
 from export.schedules.match import match_conv
 
-__all__ = ["Cpu", "Report", "apply", "cpu_of", "match_conv", "rewrite_graph"]
+__all__ = ["Cpu", "Report", "apply", "cpu_of", "match_conv", "rewrite_graph", "schedule_rest"]
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Report:
     graph_rewrites: int = 0  # ops replaced before legalization (x2 upsample + concat, transposed convolutions)
     fused: list[str] = field(default_factory=list)  # conv chains streamed row by row (export.schedules.fused)
     matches: dict = field(default_factory=dict)  # function name -> ConvMatch, as FuseTIR made them
+    generic: list[str] = field(default_factory=list)  # scheduled by export.schedules.generic (after any database)
 
     @property
     def count(self) -> int:
@@ -125,4 +128,16 @@ def fuse(mod, target, report: Report):
               f"{str(exc).splitlines()[0][:200]})", file=sys.stderr)
         return mod
     report.fused = done
+    return mod
+
+
+def schedule_rest(mod, target, report: Report):
+    """Give every kernel still unscheduled the generic parallel / vector schedule (export.schedules.generic);
+    run it after the hand-written kernels and the tuning database, which take precedence."""
+    from export.schedules import generic as gen
+
+    mod, report.generic, failed = gen.apply(mod, cpu_of(target).lanes)
+    if failed:
+        print(f"notice: {len(failed)} kernels kept TVM's default lowering (the generic schedule did not apply): "
+              + "; ".join(f"{k} ({v})" for k, v in failed.items()), file=sys.stderr)
     return mod

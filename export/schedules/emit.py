@@ -140,8 +140,9 @@ def header(code: Code, name: str, shapes, param: str = "p", view: str = "f") -> 
 def init(m: ConvMatch, c: str, names=None) -> str:
     """The accumulator's start: a per-channel / scalar bias added first is folded in (the sum then starts
     from the bias instead of adding it at the end: the same value up to float rounding, one op less per
-    output vector)."""
-    if m.epilogue and m.epilogue[0].op == "add" and m.epilogue[0].operand in ("chan", "scalar", "const"):
+    output vector). Not when a later step reads the convolution's value before the bias."""
+    if m.epilogue and m.epilogue[0].op == "add" and m.epilogue[0].operand in ("chan", "scalar", "const") \
+            and not any(op.operand == "stage" and op.param == -1 for op in m.epilogue):
         return _operand(m.epilogue[0], c, "0", 0, names)
     return "T.float32(0)"
 
@@ -149,18 +150,26 @@ def init(m: ConvMatch, c: str, names=None) -> str:
 def epilogue(m: ConvMatch, v: str, c: str, s: str, cpu: Cpu, names=None) -> str:
     """The epilogue applied to value ``v`` at output channel ``c`` and flat spatial index ``s`` (after the
     bias :func:`init` folded into the accumulator). ``names(i)`` gives (flat view, buffer) of parameter i of
-    ``m``'s function in the generated kernel (default ``f{i}``, ``p{i}``)."""
+    ``m``'s function in the generated kernel (default ``f{i}``, ``p{i}``). A step that reads an earlier
+    step's value (``operand == "stage"``) gets that value's expression again; LLVM computes it once."""
     plane = m.ho * m.wo
-    ops = m.epilogue[1:] if init(m, c) != "T.float32(0)" else m.epilogue
-    for op in ops:
-        o = _operand(op, c, s, plane, names)
-        if op.op in ("max", "min") and cpu.maxnum and op.operand != "tensor":
+    first = 1 if init(m, c) != "T.float32(0)" else 0
+    vals = {first - 1: v}  # step -> its value; the folded bias makes the accumulator step 0's value
+    for i, op in enumerate(m.epilogue[first:], first):
+        if op.operand == "none":
+            v = f"T.{op.op}({v})"
+            vals[i] = v
+            continue
+        o = vals[op.param] if op.operand == "stage" else _operand(op, c, s, plane, names)
+        if op.op in ("max", "min") and cpu.maxnum and op.operand not in ("tensor", "stage"):
             # T.max lowers to compare + select (fcmgt + bif on NEON); maxnum(v, bound) is the same value for
             # every v, NaN included (both give the bound), as long as the bound itself is a number
             v = f'T.call_llvm_pure_intrin("float32", "llvm.{op.op}num", {v}, {o})'
-            continue
-        v = {"add": f"({v} + {o})", "sub": f"({v} - {o})", "rsub": f"({o} - {v})", "mul": f"({v} * {o})",
-             "max": f"T.max({v}, {o})", "min": f"T.min({v}, {o})"}[op.op]
+        else:
+            v = {"add": f"({v} + {o})", "sub": f"({v} - {o})", "rsub": f"({o} - {v})", "mul": f"({v} * {o})",
+                 "div": f"({v} / {o})", "rdiv": f"({o} / {v})", "max": f"T.max({v}, {o})",
+                 "min": f"T.min({v}, {o})"}[op.op]
+        vals[i] = v
     return v
 
 

@@ -117,7 +117,8 @@ class Chain:
 def fusable(m1: ConvMatch, m2: ConvMatch, m3: ConvMatch, upcat_bytes: int = 0) -> bool:
     """Whether the three stages form a chain this module generates, and fusing it pays."""
     if m2.kind != "depthwise" or (m2.kh, m2.kw, m2.ph, m2.pw) != (3, 3, 1, 1) or m2.sh != m2.sw \
-            or m2.sh not in (1, 2) or m3.kind != "pointwise" or m1.kind not in ("pointwise", "dense"):
+            or m2.sh not in (1, 2) or m3.kind != "pointwise" or m1.kind not in ("pointwise", "dense") \
+            or m1.groups != 1 or m3.groups != 1:
         return False
     if (m2.cin, m2.h, m2.wd) != (m1.cout, m1.ho, m1.wo) or (m3.cin, m3.h, m3.wd) != (m2.cout, m2.ho, m2.wo):
         return False

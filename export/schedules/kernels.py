@@ -20,9 +20,10 @@ def pointwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
 
     Register tile: ``cb`` output channels x ``kk`` vectors of pixels, accumulated over Cin with the weight
     broadcast; epilogue applied to the tile in registers. Parallel over macro tiles of pixels, which stay in
-    L1/L2 while every block of output channels sweeps them.
+    L1/L2 while every block of output channels sweeps them. Grouped: one GEMM per group on its channels.
     """
-    K, M, P = m.cin, m.cout, m.ho * m.wo
+    G = m.groups
+    K, M, P = m.cin // G, m.cout // G, m.ho * m.wo  # per group
     cb, kk = register_tile(cpu)
     v, kk = fit_vector(P, cpu.lanes, kk)
     sw = v * kk
@@ -35,13 +36,14 @@ def pointwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
     header(code, name, m.shapes)
     x, w, o = m.x, m.w, m.out
     base = f"{tile_start('t', st, P)} + sm * {sw}" if nt > 1 else f"sm * {sw}"
-    with code.block(f"for t in T.parallel({nt}):"):
+    gm, gk = (f"g * {M} + ", f"g * {K} + ") if G > 1 else ("", "")
+    with code.block(f"for t in T.parallel({nt}):"), group_loop(code, G):
         for m0, rows, nblk in channel_blocks(M, cb):
             mv = "mo" if nblk > 1 else "0"
             with code.block(f"for mo in range({nblk}):" if nblk > 1 else "if True:"):
                 with code.block(f"for sm in range({sm}):"):
                     code(f'acc = T.decl_buffer(({rows}, {sw}), "float32", scope="local")')
-                    ch = f"{m0} + {mv} * {cb} + i"
+                    ch = f"{gm}{m0} + {mv} * {cb} + i"
                     with code.block(f"for i in T.unroll({rows}):"):
                         with code.block(f"for j in T.vectorized({sw}):"):
                             code(f"acc[i, j] = {init(m, ch)}")
@@ -50,7 +52,7 @@ def pointwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
                             with code.block(f"for j0 in T.unroll({kk}):"):
                                 with code.block(f"for j1 in T.vectorized({v}):"):
                                     code(f"acc[i, j0 * {v} + j1] = acc[i, j0 * {v} + j1] + "
-                                         f"f{x}[k * {P} + {base} + j0 * {v} + j1] * f{w}[({ch}) * {K} + k]")
+                                         f"f{x}[({gk}k) * {P} + {base} + j0 * {v} + j1] * f{w}[({ch}) * {K} + k]")
                     with code.block(f"for i in T.unroll({rows}):"):
                         with code.block(f"for j in T.vectorized({sw}):"):
                             s = f"{base} + j"
@@ -109,9 +111,11 @@ def depthwise(m: ConvMatch, cpu: Cpu, name: str = "main") -> str:
 
 def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     """Dense KxK convolution, direct: per output row the Cin x KH input rows are staged (zero padded,
-    phase split), then register tiles of ``cb`` output channels x a row segment accumulate Cin x KH x KW.
-    Returns None when the staged rows would not fit ``HEAP_STAGE_BYTES``."""
-    K, M, Ho, Wo = m.cin, m.cout, m.ho, m.wo
+    phase split), then register tiles of ``cb`` output channels x a row segment accumulate Cin x KH x KW
+    (grouped: the group's Cin / groups). Returns None when the staged rows would not fit ``HEAP_STAGE_BYTES``."""
+    G = m.groups
+    K, M, Ho, Wo = m.cin, m.cout // G, m.ho, m.wo  # K: every input channel (all are staged); M: per group
+    Kg = K // G
     s = m.sw
     L = row_span(m)
     per_ci = m.kh * s * L
@@ -130,28 +134,34 @@ def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
         code(f'rows = T.decl_buffer(({K * per_ci},), "float32", scope="{scope}")')
         with code.block(f"for ci in range({K}):"):
             stage_rows(code, m, "rows", f"f{m.x}", "ci", "y", f"ci * {per_ci}", m.kh, m.dil_h)
+        gm, gk = (f"g * {M} + ", f"g * {Kg} + ") if G > 1 else ("", "")
         for m0, nrow, nblk in channel_blocks(M, cb):
             mv = "mo" if nblk > 1 else "0"
-            with code.block(f"for mo in range({nblk}):" if nblk > 1 else "if True:"):
+            with group_loop(code, G), code.block(f"for mo in range({nblk}):" if nblk > 1 else "if True:"):
                 with code.block(f"for xt in range({nxt}):"):
                     code(f"x0 = {tile_start('xt', xv, Wo)}")
                     code(f'acc = T.decl_buffer(({nrow}, {xv}), "float32", scope="local")')
-                    ch = f"{m0} + {mv} * {cb} + i"
+                    ch = f"{gm}{m0} + {mv} * {cb} + i"
                     with code.tile("i", nrow, v, kk):
                         code(f"acc[i, j] = {init(m, ch)}")
-                    with code.block(f"for ci in range({K}):"):
+                    with code.block(f"for ci in range({Kg}):"):
                         with code.block(f"for ky in T.unroll({m.kh}):"):
                             with code.block(f"for kx in T.unroll({m.kw}):"):
                                 with code.block(f"for i in T.unroll({nrow}):"):
                                     q, o = tap(m, "kx")
                                     with Vec(code, v, kk):
-                                        code(f"acc[i, j] = acc[i, j] + rows[ci * {per_ci} + (ky * {s} + {q}) * {L}"
-                                             f" + x0 + {o} + j] * f{m.w}[(({ch}) * {K} + ci) * {taps} + ky * "
+                                        code(f"acc[i, j] = acc[i, j] + rows[({gk}ci) * {per_ci} + (ky * {s} + {q}) * "
+                                             f"{L} + x0 + {o} + j] * f{m.w}[(({ch}) * {Kg} + ci) * {taps} + ky * "
                                              f"{m.kw} + kx]")
                     with code.tile("i", nrow, v, kk):
                         sp = f"y * {Wo} + x0 + j"
                         code(f"f{m.out}[({ch}) * {Ho * Wo} + {sp}] = {epilogue(m, 'acc[i, j]', ch, sp, cpu)}")
     return code.text()
+
+
+def group_loop(code: Code, groups: int):
+    """``for g in range(groups):`` around a grouped convolution's per-group code (nothing for one group)."""
+    return code.block(f"for g in range({groups}):" if groups > 1 else "if True:")
 
 
 def generate(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 class EpiOp:
     """One elementwise step ``y = op(y, operand)`` applied to the convolution output, in order."""
 
-    op: str  # add | sub | rsub | mul | max | min
-    operand: str  # chan: param[0, c, 0, 0]; scalar: param[()]; tensor: param[n, c, h, w]; const
-    param: int | None = None  # index into the function's parameters
+    op: str  # add | sub | rsub | mul | div | rdiv | max | min; sigmoid | exp | tanh (operand "none")
+    operand: str  # chan: param[0, c, 0, 0]; scalar: param[()]; tensor: param[n, c, h, w]; const;
+    #               stage: the value after epilogue step ``param`` (-1: the convolution itself), as in
+    #               hard-swish t * clip(t + 3, 0, 6) / 6
+    param: int | None = None  # index into the function's parameters (the step, for operand == "stage")
     value: float | None = None  # the constant for operand == "const"
 
 
@@ -25,7 +27,7 @@ class EpiOp:
 class ConvMatch:
     """An NCHW convolution (batch 1, float32) followed by an elementwise epilogue."""
 
-    kind: str  # pointwise (1x1, stride 1, no pad, groups 1) | depthwise (groups = channels) | dense
+    kind: str  # pointwise (1x1, stride 1, no pad) | depthwise (groups = channels) | dense (KxK)
     x: int  # parameter indices
     w: int
     out: int
@@ -45,10 +47,11 @@ class ConvMatch:
     shapes: tuple[tuple[int, ...], ...]  # every parameter's shape, in order
     dil_h: int = 1  # dilation: tap ky reads input row y * sh + ky * dil_h - ph
     dil_w: int = 1
+    groups: int = 1  # pointwise / dense: output channel c reads the cin/groups inputs of group c // (cout/groups)
 
     @property
     def macs(self) -> int:
-        per = self.kh * self.kw * (1 if self.kind == "depthwise" else self.cin)
+        per = self.kh * self.kw * (1 if self.kind == "depthwise" else self.cin // self.groups)
         return self.cout * self.ho * self.wo * per
 
 
@@ -306,10 +309,15 @@ def _match_conv(func) -> ConvMatch:
         raise _NoMatch("stride or dilation")
     if shapes[wi] != (cout, nrc, kh, kw):
         raise _NoMatch("weight shape")
+    groups = 1
     if _is(xidx[1], {rc: 1}) and nrc == cin:
         kind = "pointwise" if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) else "dense"
     elif _is(xidx[1], {ff: 1, rc: 1}) and nrc == 1 and cin == cout:
         kind = "depthwise"
+    elif (g := _group_index(xidx[1], ff, rc)) is not None and g[1] == nrc and cout % g[0] == 0 \
+            and cin == (cout // g[0]) * nrc:
+        groups = cout // g[0]
+        kind = "pointwise" if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) else "dense"
     else:
         raise _NoMatch("grouping")
     hp = h + 2 * ph if pad is None else int(_trivial(pad)[2][1])
@@ -317,10 +325,11 @@ def _match_conv(func) -> ConvMatch:
     if (ho - 1) * sh + (kh - 1) * dh + 1 > hp or (wo - 1) * sw + (kw - 1) * dw + 1 > wp:
         raise _NoMatch("output larger than the padded input")
 
-    # the epilogue: a chain of elementwise blocks, each reading the previous one's buffer
+    # the epilogue: a chain of elementwise blocks, each reading the previous one's buffer (and maybe earlier ones)
     out_shape = (1, cout, ho, wo)
     prev = cbuf
-    ops = []
+    ops: list[EpiOp] = []
+    stages = [(cbuf, -1)]  # (buffer, the step whose value it holds)
     for k, e in enumerate(epis):
         ivs = _trivial(e)
         if [x_ for _, x_, _ in ivs] != list(out_shape) or any(kd != "S" for _, _, kd in ivs):
@@ -329,8 +338,9 @@ def _match_conv(func) -> ConvMatch:
         es = e.block.body
         if _tname(es) != "BufferStore" or not all(_is(ix, {nm: 1}) for ix, nm in zip(es.indices, names)):
             raise _NoMatch("epilogue store")
-        ops.append(_epi_op(es.value, prev, names, params, shapes, out_shape))
+        ops.extend(_Epilogue(prev, names, params, shapes, out_shape, stages).chain(es.value))
         prev = es.buffer
+        stages.append((prev, len(ops) - 1))
         last = k == len(epis) - 1
         if last != (_param_index(params, prev) is not None):
             raise _NoMatch("epilogue writes")
@@ -338,7 +348,21 @@ def _match_conv(func) -> ConvMatch:
     if out != len(params) - 1 or shapes[out] != out_shape:
         raise _NoMatch("output parameter")
     return ConvMatch(kind, x, wi, out, cin, h, wd, cout, ho, wo, kh, kw, sh, sw, ph, pw, tuple(ops),
-                     tuple(shapes), dh, dw)
+                     tuple(shapes), dh, dw, groups)
+
+
+def _group_index(e, ff: str, rc: str) -> tuple[int, int] | None:
+    """(output channels per group, input channels per group) of a grouped convolution's input channel
+    index ``ff // Mg * Kg + rc``, None for anything else."""
+    if _tname(e) != "Add":
+        return None
+    for a, b in ((e.a, e.b), (e.b, e.a)):
+        if _tname(b) == "Var" and b.name == rc and _tname(a) == "Mul":
+            d, k = (a.a, a.b) if _tname(a.a) == "FloorDiv" else (a.b, a.a)
+            if _tname(d) == "FloorDiv" and _tname(k) == "IntImm" and _tname(d.a) == "Var" and d.a.name == ff \
+                    and _tname(d.b) == "IntImm" and int(d.b.value) > 0:
+                return int(d.b.value), int(k.value)
+    return None
 
 
 def _bounds(cond) -> dict[str, tuple[int, int]]:
@@ -372,37 +396,59 @@ def _bounds(cond) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-_BINOPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Max": "max", "Min": "min"}
+_BINOPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min"}
+_SWAPPED = {"sub": "rsub", "div": "rdiv"}
+_UNARY = {"tirx.sigmoid": "sigmoid", "tirx.exp": "exp", "tirx.tanh": "tanh"}
 
 
-def _epi_op(v, prev, names, params, shapes, out_shape) -> EpiOp:
-    n = _tname(v)
-    if n not in _BINOPS:
-        raise _NoMatch(f"epilogue op {n}")
-    op = _BINOPS[n]
-    a, b = v.a, v.b
-    if _tname(a) == "TensorLoad" and a.source.same_as(prev):
-        mine, other = a, b
-    elif _tname(b) == "TensorLoad" and b.source.same_as(prev):
-        mine, other = b, a
-        if op == "sub":
-            op = "rsub"
-    else:
-        raise _NoMatch("epilogue does not read the previous stage")
-    if not all(_is(ix, {nm: 1}) for ix, nm in zip(mine.indices, names)):
-        raise _NoMatch("epilogue read index")
-    if _tname(other) == "FloatImm":
-        return EpiOp(op, "const", value=float(other.value))
-    ob, oidx = _load(other)
-    pi = _param_index(params, ob)
-    if pi is None:
-        raise _NoMatch("epilogue operand is not a parameter")
-    s = shapes[pi]
-    if s == ():
-        return EpiOp(op, "scalar", pi)
-    if s == (1, out_shape[1], 1, 1) and _is(oidx[0], {names[0]: 1}) and _is(oidx[1], {names[1]: 1}) \
-            and _is(oidx[2], {"": 0}) and _is(oidx[3], {"": 0}):
-        return EpiOp(op, "chan", pi)
-    if s == out_shape and all(_is(ix, {nm: 1}) for ix, nm in zip(oidx, names)):
-        return EpiOp(op, "tensor", pi)
-    raise _NoMatch("epilogue operand shape")
+class _Epilogue:
+    """Reads one epilogue block's value as steps applied to the previous block's value: a chain of binary
+    ops (``T.max(T.min(v, 6), 0)`` is two), each with one operand that is a constant, a parameter or the
+    value of an earlier step."""
+
+    def __init__(self, prev, names, params, shapes, out_shape, stages) -> None:
+        self.prev, self.names, self.params, self.shapes = prev, names, params, shapes
+        self.out_shape, self.stages = out_shape, stages
+
+    def _identity(self, load) -> bool:
+        return all(_is(ix, {nm: 1}) for ix, nm in zip(load.indices, self.names))
+
+    def chain(self, v) -> list[EpiOp]:
+        if _tname(v) == "TensorLoad" and v.source.same_as(self.prev):
+            if not self._identity(v):
+                raise _NoMatch("epilogue read index")
+            return []
+        n = _tname(v)
+        if n == "Call" and v.op.name in _UNARY and len(v.args) == 1:
+            return self.chain(v.args[0]) + [EpiOp(_UNARY[v.op.name], "none")]
+        if n not in _BINOPS:
+            raise _NoMatch(f"epilogue op {n}")
+        op = _BINOPS[n]
+        try:
+            steps, other = self.chain(v.a), v.b
+        except _NoMatch:
+            steps, other = self.chain(v.b), v.a
+            op = _SWAPPED.get(op, op)
+        return steps + [self.operand(op, other)]
+
+    def operand(self, op: str, other) -> EpiOp:
+        if _tname(other) == "FloatImm":
+            return EpiOp(op, "const", value=float(other.value))
+        ob, oidx = _load(other)
+        for buf, step in self.stages:
+            if buf.same_as(ob):
+                if not self._identity(other):
+                    raise _NoMatch("epilogue stage read index")
+                return EpiOp(op, "stage", step)
+        pi = _param_index(self.params, ob)
+        if pi is None:
+            raise _NoMatch("epilogue operand is not a parameter")
+        s, names, out_shape = self.shapes[pi], self.names, self.out_shape
+        if s == ():
+            return EpiOp(op, "scalar", pi)
+        if s == (1, out_shape[1], 1, 1) and _is(oidx[0], {names[0]: 1}) and _is(oidx[1], {names[1]: 1}) \
+                and _is(oidx[2], {"": 0}) and _is(oidx[3], {"": 0}):
+            return EpiOp(op, "chan", pi)
+        if s == out_shape and all(_is(ix, {nm: 1}) for ix, nm in zip(oidx, names)):
+            return EpiOp(op, "tensor", pi)
+        raise _NoMatch("epilogue operand shape")

@@ -137,6 +137,76 @@ def test_dilated_and_factorised_convolutions_are_hand_written_and_match_onnxrunt
     assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
 
 
+class _MobileBlocks(nn.Module):
+    """What HybridNetSeg / MobileNetV3 blocks are made of: grouped 1x1 and 3x3 convolutions, BN folded into
+    them, hard-swish (t * clip(t + 3, 0, 6) / 6, which reads the biased value twice) and a sigmoid gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, 2, 1), nn.BatchNorm2d(12), nn.Hardswish())
+        self.gexp = nn.Sequential(nn.Conv2d(12, 24, 1, groups=2), nn.BatchNorm2d(24), nn.Hardswish())
+        self.g3 = nn.Conv2d(24, 18, 3, 1, 1, groups=3)
+        self.gproj = nn.Sequential(nn.Conv2d(18, 12, 1, groups=6), nn.BatchNorm2d(12))
+        self.gate = nn.Conv2d(12, 5, 1)
+        for mod in self.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.data = torch.randn(mod.num_features, generator=g) * 0.1
+                mod.running_var.data = torch.rand(mod.num_features, generator=g) + 0.5
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+
+    def forward(self, x):
+        a = self.stem(x)
+        b = self.gproj(F.relu(self.g3(self.gexp(a)))) + a
+        return torch.sigmoid(self.gate(b)) * 2.0 - 1.0
+
+
+@pytest.mark.parametrize("hw", [(32, 48), (17, 23)])
+def test_grouped_convolutions_and_hard_swish_are_hand_written_and_match_onnxruntime(tmp_path, hw):
+    shape = (1, 3, *hw)
+    m = _onnx(_MobileBlocks(), shape, tmp_path)
+    x = sample_input(shape, seed=5)
+    out, report, _ = _run(m, shape, x)
+    convs = {n: report.matches[n] for n in report.scheduled if "conv2d" in n}
+    assert len(convs) == 5 and not report.failed, (report.scheduled, report.default)
+    assert sorted(mt.groups for mt in convs.values()) == [1, 1, 2, 3, 6]
+    ops = [[(o.op, o.operand) for o in mt.epilogue] for mt in convs.values()]
+    assert any(("mul", "stage") in o and ("div", "const") in o for o in ops)  # hard-swish, read as one epilogue
+    assert any(("sigmoid", "none") in o for o in ops)
+    ref = ort_run(m, x)
+    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
+
+
+class _Leftovers(nn.Module):
+    """Kernels no hand-written code covers: max pool, concat, a mean over the channels, a resize."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        a = F.max_pool2d(F.relu(self.conv(x)), 2)
+        b = torch.cat([a, a.mean(dim=1, keepdim=True), F.max_pool2d(x, 2)], dim=1)
+        return F.interpolate(b, scale_factor=2, mode="nearest")
+
+
+def test_what_nothing_else_schedules_gets_the_generic_parallel_schedule(tmp_path):
+    shape = (1, 3, 64, 64)  # pooled rows of 32: a whole number of vectors (4, 8 or 16 lanes) for the concat
+    m = _onnx(_Leftovers(), shape, tmp_path)
+    x = sample_input(shape, seed=7)
+    out, report, mod = _run(m, shape, x)
+    assert report.generic and set(report.generic) == set(report.default), (report.generic, report.default)
+    scripts = [mod[n].script() for n in report.generic]
+    assert all("T.parallel" in sc for sc in scripts)
+    assert any("T.vectorized" in sc for sc in scripts)
+    ref = ort_run(m, x)
+    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
+    # the default lowering, on request, leaves them as legalization wrote them
+    _, plain, _ = _run(m, shape, x, hand_kernels=False)
+    assert plain.generic == []
+
+
 class _Transposed(nn.Module):
     """The zoo's transposed convolutions: U-Net's 2x2 stride 2, ERFNet's 3x3 stride 2 (padding 1, output padding
     1), a 4x4 stride 2 and an odd 3x1 stride 1 (a convolution with flipped weights), with bias and ReLU."""
@@ -341,9 +411,10 @@ def test_tuning_two_trials_writes_a_database_the_compile_applies(tmp_path):
     database = open_database(db, preset)
     assert database.used >= 1
     plain = compile_library(m, m.graph.input[0].name, list(shape), preset, tmp_path / "p.so")
-    assert plain.default_kernels == ("max_pool2d",)  # what meta.json records as left to the default lowering
+    # without the database the pool gets the generic schedule; meta.json records it apart from the default lowering
+    assert plain.generic_kernels == ("max_pool2d",) and plain.default_kernels == ()
     c = compile_library(m, m.graph.input[0].name, list(shape), preset, tmp_path / "m.so", database=database)
-    assert c.tuned_tasks == 1 and c.hand_kernels == 1 and c.default_kernels == ()
+    assert c.tuned_tasks == 1 and c.hand_kernels == 1 and c.default_kernels == () and c.generic_kernels == ()
     x = sample_input(shape)
     assert np.abs(run_library(c.library, x) - ort_run(m, x)).max() <= TOL
 
@@ -376,8 +447,9 @@ def test_edge_export_tune_on_m2unet_says_nothing_was_tuned(tmp_path, capsys):
     tuning = json.loads((tmp_path / "pkg" / "meta.json").read_text())["tuning"]
     assert tuning["database"] == str(db) and tuning["tuned_kernels"] == 0 and tuning["hand_kernels"] >= 30
     assert tuning["default_lowering"] == []
-    assert (f"tuning   {db}: 0 tuned kernels, {tuning['hand_kernels']} hand-written, 0 on TVM's default lowering"
-            in out)
+    assert tuning["generic_kernels"] == []
+    assert (f"tuning   {db}: 0 tuned kernels, {tuning['hand_kernels']} hand-written, 0 on the generic parallel "
+            "schedule, 0 on TVM's default lowering" in out)
 
 
 @pytest.mark.parametrize("level,feature", [("x86-64-v3", "avx2"), ("x86-64-v2", "sse4.2")])
@@ -425,7 +497,8 @@ def test_shipped_database_is_applied_by_default_and_foreign_records_are_ignored(
     db = database_dir(preset, "pooled", (16, 16))
     assert tune(m, m.graph.input[0].name, list(shape), preset, db, trials=2) == 1
     r = export_model(str(onnx_file), "x86_64", out=tmp_path / "pkg")
-    assert r.meta["tuning"] == {"database": str(db), "tuned_kernels": 1, "hand_kernels": 1, "default_lowering": []}
+    assert r.meta["tuning"] == {"database": str(db), "tuned_kernels": 1, "hand_kernels": 1, "generic_kernels": [],
+                                "default_lowering": []}
 
     rec = db / "database_tuning_record.json"
     lines = [json.loads(ln) for ln in rec.read_text().splitlines() if ln.strip()]
