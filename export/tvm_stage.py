@@ -105,8 +105,7 @@ def compile_library(m: onnx.ModelProto, input_name: str, shape: list[int], prese
         mod, tuned, report = lower(mod, target, None if database is None else database.records,
                                    hand_kernels=hand_kernels)
         hand = report.count
-        done = _scheduled(mod) - set(report.generic)
-        left = tuple(sorted(n for n in report.default if n not in done and n not in report.generic))
+        left = tuple(sorted(set(report.default) - _scheduled(mod)))  # neither tuned nor on the generic schedule
         generic = tuple(report.generic)
         ex = tvm.compile(mod, target=target)
     try:

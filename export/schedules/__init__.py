@@ -93,11 +93,16 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
         report.matches[name] = m
     for gv, new in updates.items():
         mod[gv] = new
-    if report.failed:
-        msg = (f"notice: {len(report.failed)} recognised kernels kept TVM's default lowering because the "
-               f"hand-written kernel did not build: " + "; ".join(f"{k} ({v})" for k, v in report.failed.items()))
-        print(msg, file=sys.stderr)
+    _notice(report.failed, "recognised kernels kept TVM's default lowering because the hand-written kernel "
+                           "did not build")
     return mod, report
+
+
+def _notice(failed: dict[str, str], what: str) -> None:
+    """One stderr line naming every kernel an optimisation skipped, and why."""
+    if failed:
+        print(f"notice: {len(failed)} {what}: " + "; ".join(f"{k} ({v})" for k, v in failed.items()),
+              file=sys.stderr)
 
 
 def rewrite_graph(mod, target) -> tuple[object, int]:
@@ -137,7 +142,5 @@ def schedule_rest(mod, target, report: Report):
     from export.schedules import generic as gen
 
     mod, report.generic, failed = gen.apply(mod, cpu_of(target).lanes)
-    if failed:
-        print(f"notice: {len(failed)} kernels kept TVM's default lowering (the generic schedule did not apply): "
-              + "; ".join(f"{k} ({v})" for k, v in failed.items()), file=sys.stderr)
+    _notice(failed, "kernels kept TVM's default lowering (the generic schedule did not apply)")
     return mod

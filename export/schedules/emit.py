@@ -156,12 +156,10 @@ def epilogue(m: ConvMatch, v: str, c: str, s: str, cpu: Cpu, names=None) -> str:
     first = 1 if init(m, c) != "T.float32(0)" else 0
     vals = {first - 1: v}  # step -> its value; the folded bias makes the accumulator step 0's value
     for i, op in enumerate(m.epilogue[first:], first):
-        if op.operand == "none":
-            v = f"T.{op.op}({v})"
-            vals[i] = v
-            continue
         o = vals[op.param] if op.operand == "stage" else _operand(op, c, s, plane, names)
-        if op.op in ("max", "min") and cpu.maxnum and op.operand not in ("tensor", "stage"):
+        if op.operand == "none":  # sigmoid / exp / tanh
+            v = f"T.{op.op}({v})"
+        elif op.op in ("max", "min") and cpu.maxnum and op.operand not in ("tensor", "stage"):
             # T.max lowers to compare + select (fcmgt + bif on NEON); maxnum(v, bound) is the same value for
             # every v, NaN included (both give the bound), as long as the bound itself is a number
             v = f'T.call_llvm_pure_intrin("float32", "llvm.{op.op}num", {v}, {o})'
@@ -175,6 +173,8 @@ def epilogue(m: ConvMatch, v: str, c: str, s: str, cpu: Cpu, names=None) -> str:
 
 def _operand(op: EpiOp, c: str, s: str, plane: int, names=None) -> str:
     flat, raw = names(op.param) if names is not None and op.param is not None else (f"f{op.param}", f"p{op.param}")
+    if op.operand == "none":
+        return ""
     if op.operand == "const":
         return f"T.float32({float(op.value)!r})"
     if op.operand == "scalar":

@@ -1,5 +1,5 @@
 """A generic CPU schedule for the fused kernels nothing else schedules: concatenations, pools, means,
-resizes, depth-to-space, grid sampling, normalisation chains.
+resizes, depth-to-space, normalisation chains.
 
 TVM's Relax CPU pipeline leaves such kernels as the plain loop nests legalization wrote: one thread, no
 vectors. Here each gets what any CPU wants from an elementwise or small-window kernel, with TVM's own
@@ -24,7 +24,7 @@ def schedule(func, lanes: int):
     """``func`` scheduled as above, or None when its loops are not in a form this handles."""
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
+    from tvm.s_tir.dlight.base import get_extent, try_inline
 
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
@@ -49,9 +49,9 @@ def schedule(func, lanes: int):
         par = loops[:lead]
         if lead == len(kinds) and lead > 1:  # all spatial: the innermost loop is the vector one
             inner = loops[-1]
-            extent = _extent(sch, inner)
+            extent = get_extent(sch, inner)
             par = loops[:-1]
-            if extent is not None and extent >= lanes and extent % lanes == 0 and _contiguous(sch, info):
+            if isinstance(extent, int) and extent >= lanes and extent % lanes == 0 and _contiguous(sch, info):
                 _, vec = sch.split(inner, factors=[None, lanes])
                 sch.vectorize(vec)
         fused = sch.fuse(*par) if len(par) > 1 else par[0]
@@ -103,13 +103,6 @@ def _accesses(node, out: list) -> list:
             if not isinstance(child, (int, float, str)):
                 _accesses(child, out)
     return out
-
-
-def _extent(sch, loop) -> int | None:
-    try:
-        return int(sch.get(loop).extent)
-    except (TypeError, ValueError):  # symbolic
-        return None
 
 
 def apply(mod, lanes: int) -> tuple[object, list[str], dict[str, str]]:

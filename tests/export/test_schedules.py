@@ -41,6 +41,17 @@ def _onnx(net: nn.Module, shape, tmp_path: Path):
     return s
 
 
+def _matches_onnxruntime(net: nn.Module, shape, tmp_path: Path, seed: int):
+    """``net`` exported, lowered with the hand-written kernels and run; asserts its output is ONNX Runtime's
+    (same shape, within TOL) and returns (ONNX model, schedules report, lowered module)."""
+    m = _onnx(net, shape, tmp_path)
+    x = sample_input(shape, seed=seed)
+    out, report, mod = _run(m, shape, x)
+    ref = ort_run(m, x)
+    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
+    return m, report, mod
+
+
 @pytest.fixture(scope="module")
 def m2unet_small(tmp_path_factory, drive_weights):
     from models import create_model
@@ -124,17 +135,12 @@ class _Dilated(nn.Module):
 
 @pytest.mark.parametrize("hw", [(32, 48), (13, 21)])
 def test_dilated_and_factorised_convolutions_are_hand_written_and_match_onnxruntime(tmp_path, hw):
-    shape = (1, 3, *hw)
-    m = _onnx(_Dilated(), shape, tmp_path)
-    x = sample_input(shape, seed=2)
-    out, report, _ = _run(m, shape, x)
+    _, report, _ = _matches_onnxruntime(_Dilated(), (1, 3, *hw), tmp_path, seed=2)
     kinds = [k for n, k in report.scheduled.items() if "conv2d" in n]
     assert kinds.count("dense") == 5 and kinds.count("depthwise") == 2, report.scheduled
     assert not report.default and not report.failed
     dils = {(mt.dil_h, mt.dil_w) for mt in report.matches.values()}
     assert {(4, 1), (1, 4), (3, 3), (2, 2), (5, 2)} <= dils
-    ref = ort_run(m, x)
-    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
 
 
 class _MobileBlocks(nn.Module):
@@ -164,18 +170,13 @@ class _MobileBlocks(nn.Module):
 
 @pytest.mark.parametrize("hw", [(32, 48), (17, 23)])
 def test_grouped_convolutions_and_hard_swish_are_hand_written_and_match_onnxruntime(tmp_path, hw):
-    shape = (1, 3, *hw)
-    m = _onnx(_MobileBlocks(), shape, tmp_path)
-    x = sample_input(shape, seed=5)
-    out, report, _ = _run(m, shape, x)
+    _, report, _ = _matches_onnxruntime(_MobileBlocks(), (1, 3, *hw), tmp_path, seed=5)
     convs = {n: report.matches[n] for n in report.scheduled if "conv2d" in n}
     assert len(convs) == 5 and not report.failed, (report.scheduled, report.default)
     assert sorted(mt.groups for mt in convs.values()) == [1, 1, 2, 3, 6]
     ops = [[(o.op, o.operand) for o in mt.epilogue] for mt in convs.values()]
     assert any(("mul", "stage") in o and ("div", "const") in o for o in ops)  # hard-swish, read as one epilogue
     assert any(("sigmoid", "none") in o for o in ops)
-    ref = ort_run(m, x)
-    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
 
 
 class _Leftovers(nn.Module):
@@ -193,17 +194,13 @@ class _Leftovers(nn.Module):
 
 def test_what_nothing_else_schedules_gets_the_generic_parallel_schedule(tmp_path):
     shape = (1, 3, 64, 64)  # pooled rows of 32: a whole number of vectors (4, 8 or 16 lanes) for the concat
-    m = _onnx(_Leftovers(), shape, tmp_path)
-    x = sample_input(shape, seed=7)
-    out, report, mod = _run(m, shape, x)
+    m, report, mod = _matches_onnxruntime(_Leftovers(), shape, tmp_path, seed=7)
     assert report.generic and set(report.generic) == set(report.default), (report.generic, report.default)
     scripts = [mod[n].script() for n in report.generic]
     assert all("T.parallel" in sc for sc in scripts)
     assert any("T.vectorized" in sc for sc in scripts)
-    ref = ort_run(m, x)
-    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOL
     # the default lowering, on request, leaves them as legalization wrote them
-    _, plain, _ = _run(m, shape, x, hand_kernels=False)
+    _, plain, _ = _run(m, shape, sample_input(shape, seed=7), hand_kernels=False)
     assert plain.generic == []
 
 
