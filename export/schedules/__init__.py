@@ -2,7 +2,8 @@
 
 ``apply(mod, target)`` replaces every fused PrimFunc it recognises (convolution + bias / clip / residual
 epilogue: 1x1, depthwise, small dense KxK) with a vectorised, register-tiled, parallel kernel marked
-``tirx.is_scheduled``; anything it does not recognise keeps TVM's default lowering. The kernels take
+``tirx.is_scheduled`` (a deep, narrow dense KxK with a constant weight: vectorised over output channels, the
+weight repacked at compile time, its calls given the packed constant); anything it does not recognise keeps TVM's default lowering. The kernels take
 their vector width from the target (4 lanes NEON, 8 AVX2, 16 AVX-512), so one code path serves the
 Cortex-A72 and x86.
 
@@ -24,10 +25,10 @@ The modules, and what imports what (arrows one way; no module imports another's 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from export.schedules.emit import Cpu, cpu_of
-from export.schedules.kernels import generate
+from export.schedules.kernels import channel_tile, dense_channels, generate, packed_weight
 from export.schedules.match import match_conv
 
 __all__ = ["Cpu", "Report", "apply", "cpu_of", "match_conv", "rewrite_graph", "schedule_rest"]
@@ -50,17 +51,68 @@ class Report:
         return len(self.scheduled) + self.graph_rewrites
 
 
-def kernel_for(func, cpu: Cpu):
-    """The hand-written PrimFunc computing ``func``, None when it is not recognised."""
+def kernel_for(func, cpu: Cpu, const_params: frozenset = frozenset()):
+    """The hand-written PrimFunc computing ``func``, None when it is not recognised. ``const_params``: the
+    parameters every call passes a constant (a weight there may be repacked: kind ``dense_channels``)."""
     from tvm.script.parser.core.entry import parse
 
     m = match_conv(func)
     if m is None:
         return None, None
+    if m.w in const_params and channel_tile(m, cpu) is not None:
+        return replace(m, kind="dense_channels"), parse(dense_channels(m, cpu))
     src = generate(m, cpu)
     if src is None:
         return m, None
     return m, parse(src)
+
+
+def _constant_params(mod) -> dict[str, frozenset]:
+    """Function name -> the parameters every call_tir of it passes a constant."""
+    import tvm
+    from tvm import relax
+    from tvm.ir import Constant
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    seen: dict[str, frozenset] = {}
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op.same_as(call_tir) and isinstance(e.args[1], relax.Tuple):
+            consts = frozenset(i for i, a in enumerate(e.args[1].fields) if isinstance(a, Constant))
+            name = e.args[0].name_hint
+            seen[name] = seen[name] & consts if name in seen else consts
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return seen
+
+
+def _pack_weights(mod, packed: dict[str, tuple[object, int]], lanes: int):
+    """Every call of a function in ``packed`` (name -> its ``dense_channels`` kernel, weight parameter) calls
+    that kernel instead, with the constant weight in the packed layout the kernel declares (a new function:
+    the old one's signature is part of its callers' types). Returns the module and old name -> new name."""
+    import tvm
+    from tvm import relax
+
+    from export.schedules.graph import rewrite_calls
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    added: dict[str, object] = {}
+
+    def rewrite(rw, call):
+        if not call.op.same_as(call_tir) or call.args[0].name_hint not in packed:
+            return None
+        name = call.args[0].name_hint
+        func, i = packed[name]
+        if name not in added:
+            added[name] = rw.builder_.add_func(func, name)
+        args = list(call.args[1].fields)
+        args[i] = relax.const(packed_weight(args[i].value.numpy(), lanes))
+        return relax.call_tir(added[name], args, out_ty=call.ty)
+
+    mod = rewrite_calls(mod, rewrite)[0]
+    return mod, {k: gv.name_hint for k, gv in added.items()}
 
 
 def apply(mod, target, log=None) -> tuple[object, Report]:
@@ -70,6 +122,8 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
     cpu = cpu_of(target)
     report = Report()
     updates = {}
+    const_params = _constant_params(mod)
+    packed: dict[str, int] = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
@@ -77,7 +131,7 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
         if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
             continue
         try:
-            m, new = kernel_for(func, cpu)
+            m, new = kernel_for(func, cpu, const_params.get(name, frozenset()))
         except Exception as exc:  # a generator bug must not break the export: keep the default, say so
             report.failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             continue
@@ -88,11 +142,19 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
         attrs.pop("tirx.is_scheduled", None)
         for k, v in attrs.items():
             new = new.with_attr(k, v)
-        updates[gv] = new
+        if m.kind == "dense_channels":
+            packed[name] = (new, m.w)
+        else:
+            updates[gv] = new
         report.scheduled[name] = m.kind
         report.matches[name] = m
     for gv, new in updates.items():
         mod[gv] = new
+    if packed:
+        mod, renamed = _pack_weights(mod, packed, cpu.lanes)
+        for old, name in renamed.items():
+            report.scheduled[name] = report.scheduled.pop(old)
+            report.matches[name] = report.matches.pop(old)
     _notice(report.failed, "recognised kernels kept TVM's default lowering because the hand-written kernel "
                            "did not build")
     return mod, report

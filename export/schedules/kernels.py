@@ -159,6 +159,82 @@ def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     return code.text()
 
 
+def channel_tile(m: ConvMatch, cpu: Cpu) -> tuple[int, int] | None:
+    """(vectors of output channels, pixels) of :func:`dense_channels`' register tile, None where it does not
+    apply: groups of one, output channels a multiple of the vector, a row too short to fill the row-vector
+    kernel's tiles (below 6 vectors; wider rows keep :func:`dense`, at parity with MLAS there). x86 only
+    (8 or 16 lanes): on NEON's 4 lanes the row-vector kernel wastes little and this one is not measured."""
+    V = cpu.lanes
+    if m.kind != "dense" or m.groups != 1 or m.cout % V or V < 8 or m.wo >= 6 * V or m.cin < 16 \
+            or 2 * staged_bytes(m) > HEAP_STAGE_BYTES:  # two output rows' input rows are staged
+        return None
+    nv = 2 if (m.cout // V) % 2 == 0 else 1
+    pmax = min(m.wo, cpu.vregs * 5 // 8 // nv)  # accumulators: 20 of 32 registers (more spill, measured)
+    # least work: a tile of p pixels costs about p + 2 pixels' multiply-adds (its weight loads), the last tile
+    # shifts back over columns already computed
+    px = min(range(max(1, pmax - 7), pmax + 1), key=lambda p: (-(-m.wo // p) * (p + 2), -p))
+    return nv, px
+
+
+def packed_weight(w, lanes: int):
+    """(Cout, Cin, KH, KW) -> (Cout / lanes, Cin, KH, KW, lanes): the layout :func:`dense_channels` reads, one
+    vector of output channels per tap."""
+    import numpy as np
+
+    co, ci, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(co // lanes, lanes, ci, kh, kw).transpose(0, 2, 3, 4, 1))
+
+
+def dense_channels(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
+    """Dense KxK convolution vectorised over output channels (MLAS's NCHWc kernel, on NCHW tensors): the
+    deep, narrow layers of a U-Net (256-1024 channels at 68 px and less), where a row-vector tile wastes lanes.
+    Per output row the Cin x KH input rows are staged as in :func:`dense`; a register tile of ``nv`` vectors of
+    output channels x ``px`` pixels accumulates Cin x KH x KW, each tap one broadcast input times a vector of
+    weights, read from the weight packed by :func:`packed_weight` (its parameter's shape says so). The outputs
+    are stored channel by channel (strided): once per tile, after Cin x KH x KW multiply-adds."""
+    tile = channel_tile(m, cpu)
+    if tile is None:
+        return None
+    nv, px = tile
+    V = cpu.lanes
+    K, M, Ho, Wo = m.cin, m.cout, m.ho, m.wo
+    s, L = m.sw, row_span(m)
+    R = 2 if Ho >= 2 and m.dil_h == 1 else 1  # output rows per weight pass (4 measured no better)
+    nin = (R - 1) * m.sh + m.kh
+    per_ci = nin * s * L
+    taps = m.kh * m.kw
+    scope = "local" if 4 * K * per_ci <= STAGE_BYTES else "global"
+    shapes = list(m.shapes)
+    shapes[m.w] = (M // V, K, m.kh, m.kw, V)
+    code = Code()
+    header(code, name, shapes)
+    nxt = -(-Wo // px)
+    with code.block(f"for yb in T.parallel({-(-Ho // R)}):"):
+        code(f"y = {tile_start('yb', R, Ho)}")
+        code(f'rows = T.decl_buffer(({K * per_ci},), "float32", scope="{scope}")')
+        with code.block(f"for ci in range({K}):"):
+            stage_rows(code, m, "rows", f"f{m.x}", "ci", "y", f"ci * {per_ci}", nin)
+        with code.block(f"for mb in range({M // (V * nv)}):"), code.block(f"for r in range({R}):"):
+            with code.block(f"for xt in range({nxt}):"):
+                code(f"x0 = {tile_start('xt', px, Wo)}")
+                code(f'acc = T.decl_buffer(({px}, {nv * V}), "float32", scope="local")')
+                ch = f"mb * {nv * V} + j"
+                with code.tile("p", px, V, nv):
+                    code(f"acc[p, j] = {init(m, ch)}")
+                with code.block(f"for ci in range({K}):"):
+                    with code.block(f"for ky in T.unroll({m.kh}):"):
+                        with code.block(f"for kx in T.unroll({m.kw}):"):
+                            q, o = tap(m, "kx")
+                            with code.tile("p", px, V, nv):
+                                code(f"acc[p, j] = acc[p, j] + rows[ci * {per_ci} + ((r * {m.sh} + ky) * {s} + {q})"
+                                     f" * {L} + x0 + {o} + p] * f{m.w}[(((mb * {nv} + j0) * {K} + ci) * {taps} + "
+                                     f"ky * {m.kw} + kx) * {V} + j1]")
+                with code.tile("p", px, V, nv):
+                    sp = f"(y + r) * {Wo} + x0 + p"
+                    code(f"f{m.out}[({ch}) * {Ho * Wo} + {sp}] = {epilogue(m, 'acc[p, j]', ch, sp, cpu)}")
+    return code.text()
+
+
 def group_loop(code: Code, groups: int):
     """``for g in range(groups):`` around a grouped convolution's per-group code (nothing for one group)."""
     return code.block(f"for g in range({groups}):" if groups > 1 else "if True:")

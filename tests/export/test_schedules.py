@@ -143,6 +143,67 @@ def test_dilated_and_factorised_convolutions_are_hand_written_and_match_onnxrunt
     assert {(4, 1), (1, 4), (3, 3), (2, 2), (5, 2)} <= dils
 
 
+class _Deep(nn.Module):
+    """A U-Net's deep, narrow end: dense 3x3 convolutions over 16-32 channels on rows shorter than six vectors
+    (stride 1 and 2, BN folded, a residual add), the layers export.schedules.kernels.dense_channels takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.c1 = nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.c2 = nn.Conv2d(32, 32, 3, 2, 1)
+        self.c3 = nn.Conv2d(32, 32, 3, 1, 1)
+        self.c4 = nn.Conv2d(32, 16, 3, 1, 1)
+        self.out = nn.Conv2d(16, 1, 1)
+        for mod in self.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.data = torch.randn(mod.num_features, generator=g) * 0.1
+                mod.running_var.data = torch.rand(mod.num_features, generator=g) + 0.5
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.2
+
+    def forward(self, x):
+        a = F.relu(self.c2(self.c1(x)))
+        return self.out(F.relu(self.c4(F.relu(self.c3(a) + a))))
+
+
+@pytest.mark.parametrize("level", [None, "x86-64-v3"])
+def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxruntime(tmp_path, level):
+    """AVX-512 / AVX2 (the host's, then AVX2 on purpose): every dense 3x3 here is a dense_channels kernel, its
+    call passes the weight packed (Cout / lanes, Cin, 3, 3, lanes), and the output is ONNX Runtime's."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from export.schedules import cpu_of
+
+    if get_target("x86_64").is_cross:
+        pytest.skip("needs an x86-64 host")
+    if "avx2" not in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""):
+        pytest.skip("this host has no avx2")
+    shape = (1, 16, 21, 30)  # odd rows: the last pair of output rows shifts back
+    m = _onnx(_Deep(), shape, tmp_path)
+    raw = "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
+    (mod, _, report), target = _lowered(m, shape, raw)
+    lanes = cpu_of(target).lanes
+    kinds = sorted(k for n, k in report.scheduled.items() if "conv2d" in n)
+    assert kinds == ["dense_channels"] * 4 + ["pointwise"] and not report.failed, report.scheduled
+    consts = [c.value.shape for c in _constants(mod) if hasattr(c.value, "shape") and len(c.value.shape) == 5]
+    assert sorted(consts) == sorted([(32 // lanes, 16, 3, 3, lanes), (32 // lanes, 32, 3, 3, lanes),
+                                     (32 // lanes, 32, 3, 3, lanes), (16 // lanes, 32, 3, 3, lanes)])
+    vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    x = sample_input(shape, seed=8)
+    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+
+
+def _constants(mod) -> list:
+    from tvm import relax
+    from tvm.ir import Constant
+
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(e) if isinstance(e, Constant) else None)
+    return found
+
+
 class _MobileBlocks(nn.Module):
     """What HybridNetSeg / MobileNetV3 blocks are made of: grouped 1x1 and 3x3 convolutions, BN folded into
     them, hard-swish (t * clip(t + 3, 0, 6) / 6, which reads the biased value twice) and a sigmoid gate."""
