@@ -213,7 +213,7 @@ def dense_channels(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
         code(f"y = {tile_start('yb', R, Ho)}")
         code(f'rows = T.decl_buffer(({K * per_ci},), "float32", scope="{scope}")')
         with code.block(f"for ci in range({K}):"):
-            stage_rows(code, m, "rows", f"f{m.x}", "ci", "y", f"ci * {per_ci}", nin)
+            stage_rows(code, m, "rows", f"f{m.x}", "ci", "y", f"ci * {per_ci}", nin, m.dil_h if R == 1 else 1)
         with code.block(f"for mb in range({M // (V * nv)}):"), code.block(f"for r in range({R}):"):
             with code.block(f"for xt in range({nxt}):"):
                 code(f"x0 = {tile_start('xt', px, Wo)}")

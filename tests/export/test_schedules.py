@@ -145,7 +145,7 @@ def test_dilated_and_factorised_convolutions_are_hand_written_and_match_onnxrunt
 
 class _Deep(nn.Module):
     """A U-Net's deep, narrow end: dense 3x3 convolutions over 16-32 channels on rows shorter than six vectors
-    (stride 1 and 2, BN folded, a residual add), the layers export.schedules.kernels.dense_channels takes."""
+    (stride 1 and 2, BN folded, a residual add, a dilated 3x1), the layers export.schedules.kernels.dense_channels takes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -154,6 +154,7 @@ class _Deep(nn.Module):
         self.c2 = nn.Conv2d(32, 32, 3, 2, 1)
         self.c3 = nn.Conv2d(32, 32, 3, 1, 1)
         self.c4 = nn.Conv2d(32, 16, 3, 1, 1)
+        self.d = nn.Conv2d(16, 16, (3, 1), 1, (2, 0), dilation=(2, 1))  # one output row per pass
         self.out = nn.Conv2d(16, 1, 1)
         for mod in self.modules():
             if isinstance(mod, nn.BatchNorm2d):
@@ -164,7 +165,7 @@ class _Deep(nn.Module):
 
     def forward(self, x):
         a = F.relu(self.c2(self.c1(x)))
-        return self.out(F.relu(self.c4(F.relu(self.c3(a) + a))))
+        return self.out(F.relu(self.d(F.relu(self.c4(F.relu(self.c3(a) + a))))))
 
 
 @pytest.mark.parametrize("level", [None, "x86-64-v3"])
@@ -186,10 +187,11 @@ def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxr
     (mod, _, report), target = _lowered(m, shape, raw)
     lanes = cpu_of(target).lanes
     kinds = sorted(k for n, k in report.scheduled.items() if "conv2d" in n)
-    assert kinds == ["dense_channels"] * 4 + ["pointwise"] and not report.failed, report.scheduled
+    assert kinds == ["dense_channels"] * 5 + ["pointwise"] and not report.failed, report.scheduled
     consts = [c.value.shape for c in _constants(mod) if hasattr(c.value, "shape") and len(c.value.shape) == 5]
     assert sorted(consts) == sorted([(32 // lanes, 16, 3, 3, lanes), (32 // lanes, 32, 3, 3, lanes),
-                                     (32 // lanes, 32, 3, 3, lanes), (16 // lanes, 32, 3, 3, lanes)])
+                                     (32 // lanes, 32, 3, 3, lanes), (16 // lanes, 32, 3, 3, lanes),
+                                     (16 // lanes, 16, 3, 1, lanes)])
     vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     x = sample_input(shape, seed=8)
     assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
