@@ -73,7 +73,7 @@ def parse_size(text: str, option: str = "--size", minimum: int = 1) -> tuple[int
 EXIT_INTERRUPTED = 130
 
 # Ctrl-C raises KeyboardInterrupt in Python code, but a native library running a Python callback (TVM's pass
-# pipeline does) can swallow it and carry on. run_cli latches the signal so that the atomic writers
+# pipeline does) can swallow it and carry on, or re-raise it as an error of its own (TVM's FFI: RuntimeError). run_cli latches the signal so that the atomic writers
 # (edge.imageio.write_atomic, edge.package.write_package) refuse to put an output in place after one.
 _interrupted = False
 
@@ -118,6 +118,10 @@ def run_cli(body: Callable[[], int], verbose: bool = False) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted_exit()
+    except Exception:
+        if _interrupted:  # a native library turned the KeyboardInterrupt into its own error (TVM: RuntimeError)
+            return _interrupted_exit()
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

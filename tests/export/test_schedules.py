@@ -78,7 +78,6 @@ class _Odd(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(0)
         self.stem = nn.Conv2d(3, 19, 3, 2, 1)
         self.dw = nn.Conv2d(19, 19, 3, 1, 1, groups=19)
         self.dw2 = nn.Conv2d(19, 19, 3, 2, 1, groups=19)
@@ -143,25 +142,30 @@ def test_dilated_and_factorised_convolutions_are_hand_written_and_match_onnxrunt
     assert {(4, 1), (1, 4), (3, 3), (2, 2), (5, 2)} <= dils
 
 
+def _randomise(net: nn.Module, seed: int, scale: float) -> None:
+    """Random weights (N(0, scale)) and BatchNorm statistics that fold into something other than identity."""
+    g = torch.Generator().manual_seed(seed)
+    for mod in net.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.data = torch.randn(mod.num_features, generator=g) * 0.1
+            mod.running_var.data = torch.rand(mod.num_features, generator=g) + 0.5
+    for p in net.parameters():
+        p.data = torch.randn(p.shape, generator=g) * scale
+
+
 class _Deep(nn.Module):
     """A U-Net's deep, narrow end: dense 3x3 convolutions over 16-32 channels on rows shorter than six vectors
     (stride 1 and 2, BN folded, a residual add, a dilated 3x1), the layers export.schedules.kernels.dense_channels takes."""
 
     def __init__(self) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(3)
         self.c1 = nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU())
         self.c2 = nn.Conv2d(32, 32, 3, 2, 1)
         self.c3 = nn.Conv2d(32, 32, 3, 1, 1)
         self.c4 = nn.Conv2d(32, 16, 3, 1, 1)
         self.d = nn.Conv2d(16, 16, (3, 1), 1, (2, 0), dilation=(2, 1))  # one output row per pass
         self.out = nn.Conv2d(16, 1, 1)
-        for mod in self.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.data = torch.randn(mod.num_features, generator=g) * 0.1
-                mod.running_var.data = torch.rand(mod.num_features, generator=g) + 0.5
-        for p in self.parameters():
-            p.data = torch.randn(p.shape, generator=g) * 0.2
+        _randomise(self, seed=3, scale=0.2)
 
     def forward(self, x):
         a = F.relu(self.c2(self.c1(x)))
@@ -212,18 +216,12 @@ class _MobileBlocks(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(0)
         self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, 2, 1), nn.BatchNorm2d(12), nn.Hardswish())
         self.gexp = nn.Sequential(nn.Conv2d(12, 24, 1, groups=2), nn.BatchNorm2d(24), nn.Hardswish())
         self.g3 = nn.Conv2d(24, 18, 3, 1, 1, groups=3)
         self.gproj = nn.Sequential(nn.Conv2d(18, 12, 1, groups=6), nn.BatchNorm2d(12))
         self.gate = nn.Conv2d(12, 5, 1)
-        for mod in self.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.data = torch.randn(mod.num_features, generator=g) * 0.1
-                mod.running_var.data = torch.rand(mod.num_features, generator=g) + 0.5
-        for p in self.parameters():
-            p.data = torch.randn(p.shape, generator=g) * 0.3
+        _randomise(self, seed=0, scale=0.3)
 
     def forward(self, x):
         a = self.stem(x)

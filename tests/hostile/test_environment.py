@@ -222,6 +222,31 @@ def test_ctrl_c_during_edge_export_leaves_no_package(tmp_path, replace):
                   match=r"interrupted")
 
 
+def test_a_ctrl_c_a_native_library_turns_into_its_own_error_still_exits_130(capsys):
+    """TVM's FFI re-raises a KeyboardInterrupt from a Python pass as RuntimeError (seen in CI when Ctrl-C hit
+    edge-export inside the zero pipeline): still 130 and the one line, not a traceback. Without the signal, the
+    same RuntimeError stays an error."""
+    from edge.errors import run_cli
+
+    def body() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("raised from a Python callback") from exc
+        return 0
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = run_cli(body)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted; outputs in progress were not kept"
+    with pytest.raises(RuntimeError):
+        run_cli(lambda: (_ for _ in ()).throw(RuntimeError("a real bug")))
+
+
 def test_a_swallowed_ctrl_c_still_keeps_outputs_out(tmp_path, capsys):
     """TVM's pass pipeline swallows a KeyboardInterrupt raised in its Python callbacks; run_cli latches the
     signal, so the atomic writers refuse afterwards and the command still ends with 130."""
