@@ -73,8 +73,9 @@ def parse_size(text: str, option: str = "--size", minimum: int = 1) -> tuple[int
 EXIT_INTERRUPTED = 130
 
 # Ctrl-C raises KeyboardInterrupt in Python code, but a native library running a Python callback (TVM's pass
-# pipeline does) can swallow it and carry on, or re-raise it as an error of its own (TVM's FFI: RuntimeError). run_cli latches the signal so that the atomic writers
-# (edge.imageio.write_atomic, edge.package.write_package) refuse to put an output in place after one.
+# pipeline does) can swallow it and carry on, or re-raise it as an error of its own (TVM's FFI: RuntimeError).
+# run_cli latches the signal so that the atomic writers (edge.imageio.write_atomic, edge.package.write_package)
+# refuse to put an output in place after one, and any error after it ends the command as interrupted.
 _interrupted = False
 
 

@@ -3,9 +3,9 @@
 ``apply(mod, target)`` replaces every fused PrimFunc it recognises (convolution + bias / clip / residual
 epilogue: 1x1, depthwise, small dense KxK) with a vectorised, register-tiled, parallel kernel marked
 ``tirx.is_scheduled`` (a deep, narrow dense KxK with a constant weight: vectorised over output channels, the
-weight repacked at compile time, its calls given the packed constant); anything it does not recognise keeps TVM's default lowering. The kernels take
-their vector width from the target (4 lanes NEON, 8 AVX2, 16 AVX-512), so one code path serves the
-Cortex-A72 and x86.
+weight repacked at compile time, its calls given the packed constant); anything it does not recognise keeps
+TVM's default lowering. The kernels take their vector width from the target (4 lanes NEON, 8 AVX2,
+16 AVX-512), so one code path serves the Cortex-A72 and x86.
 
 The modules, and what imports what (arrows one way; no module imports another's private names):
 
@@ -123,7 +123,7 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
     report = Report()
     updates = {}
     const_params = _constant_params(mod)
-    packed: dict[str, int] = {}
+    packed: dict[str, tuple[object, int]] = {}  # name -> (dense_channels kernel, weight parameter)
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue

@@ -159,21 +159,24 @@ def dense(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     return code.text()
 
 
-def channel_tile(m: ConvMatch, cpu: Cpu) -> tuple[int, int] | None:
-    """(vectors of output channels, pixels) of :func:`dense_channels`' register tile, None where it does not
-    apply: groups of one, output channels a multiple of the vector, a row too short to fill the row-vector
-    kernel's tiles (below 6 vectors; wider rows keep :func:`dense`, at parity with MLAS there). x86 only
-    (8 or 16 lanes): on NEON's 4 lanes the row-vector kernel wastes little and this one is not measured."""
+def channel_tile(m: ConvMatch, cpu: Cpu) -> tuple[int, int, int] | None:
+    """(vectors of output channels, pixels, output rows per pass) of :func:`dense_channels`, None where it does
+    not apply: groups of one, output channels a multiple of the vector, a row too short to fill the row-vector
+    kernel's tiles (below 6 vectors; wider rows keep :func:`dense`, at parity with MLAS there), staged rows
+    within ``HEAP_STAGE_BYTES``. x86 only (8 or 16 lanes): on NEON's 4 lanes the row-vector kernel wastes
+    little and this one is not measured."""
     V = cpu.lanes
-    if m.kind != "dense" or m.groups != 1 or m.cout % V or V < 8 or m.wo >= 6 * V or m.cin < 16 \
-            or 2 * staged_bytes(m) > HEAP_STAGE_BYTES:  # two output rows' input rows are staged
+    if m.kind != "dense" or m.groups != 1 or m.cout % V or V < 8 or m.wo >= 6 * V or m.cin < 16:
+        return None
+    R = 2 if m.ho >= 2 and m.dil_h == 1 else 1  # output rows per weight pass (4 measured no better)
+    if 4 * m.cin * ((R - 1) * m.sh + m.kh) * m.sw * row_span(m) > HEAP_STAGE_BYTES:
         return None
     nv = 2 if (m.cout // V) % 2 == 0 else 1
     pmax = min(m.wo, cpu.vregs * 5 // 8 // nv)  # accumulators: 20 of 32 registers (more spill, measured)
     # least work: a tile of p pixels costs about p + 2 pixels' multiply-adds (its weight loads), the last tile
     # shifts back over columns already computed
     px = min(range(max(1, pmax - 7), pmax + 1), key=lambda p: (-(-m.wo // p) * (p + 2), -p))
-    return nv, px
+    return nv, px, R
 
 
 def packed_weight(w, lanes: int):
@@ -188,18 +191,18 @@ def packed_weight(w, lanes: int):
 def dense_channels(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     """Dense KxK convolution vectorised over output channels (MLAS's NCHWc kernel, on NCHW tensors): the
     deep, narrow layers of a U-Net (256-1024 channels at 68 px and less), where a row-vector tile wastes lanes.
-    Per output row the Cin x KH input rows are staged as in :func:`dense`; a register tile of ``nv`` vectors of
-    output channels x ``px`` pixels accumulates Cin x KH x KW, each tap one broadcast input times a vector of
-    weights, read from the weight packed by :func:`packed_weight` (its parameter's shape says so). The outputs
-    are stored channel by channel (strided): once per tile, after Cin x KH x KW multiply-adds."""
+    For every ``R`` output rows (:func:`channel_tile`) the input rows they read are staged as in :func:`dense`;
+    a register tile of ``nv`` vectors of output channels x ``px`` pixels accumulates Cin x KH x KW, each tap
+    one broadcast input times a vector of weights, read from the weight packed by :func:`packed_weight` (its
+    parameter's shape says so). The outputs are stored channel by channel (strided): once per tile, after
+    Cin x KH x KW multiply-adds."""
     tile = channel_tile(m, cpu)
     if tile is None:
         return None
-    nv, px = tile
+    nv, px, R = tile
     V = cpu.lanes
     K, M, Ho, Wo = m.cin, m.cout, m.ho, m.wo
     s, L = m.sw, row_span(m)
-    R = 2 if Ho >= 2 and m.dil_h == 1 else 1  # output rows per weight pass (4 measured no better)
     nin = (R - 1) * m.sh + m.kh
     per_ci = nin * s * L
     taps = m.kh * m.kw

@@ -156,7 +156,8 @@ def _randomise(net: nn.Module, seed: int, scale: float) -> None:
 
 class _Deep(nn.Module):
     """A U-Net's deep, narrow end: dense 3x3 convolutions over 16-32 channels on rows shorter than six vectors
-    (stride 1 and 2, BN folded, a residual add, a dilated 3x1), the layers export.schedules.kernels.dense_channels takes."""
+    (stride 1 and 2, BN folded, a residual add, a dilated 3x1), the layers that
+    export.schedules.kernels.dense_channels takes."""
 
     def __init__(self) -> None:
         super().__init__()

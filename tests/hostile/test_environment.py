@@ -222,10 +222,10 @@ def test_ctrl_c_during_edge_export_leaves_no_package(tmp_path, replace):
                   match=r"interrupted")
 
 
-def test_a_ctrl_c_a_native_library_turns_into_its_own_error_still_exits_130(capsys):
-    """TVM's FFI re-raises a KeyboardInterrupt from a Python pass as RuntimeError (seen in CI when Ctrl-C hit
-    edge-export inside the zero pipeline): still 130 and the one line, not a traceback. Without the signal, the
-    same RuntimeError stays an error."""
+def _run_cli_hit_by_ctrl_c(library) -> int:
+    """run_cli on a body that gets SIGINT and hands the KeyboardInterrupt to ``library(exc)``, as a native library
+    running a Python callback would (swallow it, or raise its own error), then returns 0. SIGINT is handled as an
+    interactive shell starts a command (a background job, `cmd &` in CI, starts with SIGINT ignored)."""
     from edge.errors import run_cli
 
     def body() -> int:
@@ -233,14 +233,26 @@ def test_a_ctrl_c_a_native_library_turns_into_its_own_error_still_exits_130(caps
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
         except KeyboardInterrupt as exc:
-            raise RuntimeError("raised from a Python callback") from exc
+            library(exc)
         return 0
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        code = run_cli(body)
+        return run_cli(body)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_a_native_library_turns_into_its_own_error_still_exits_130(capsys):
+    """TVM's FFI re-raises a KeyboardInterrupt from a Python pass as RuntimeError (seen in CI when Ctrl-C hit
+    edge-export inside the zero pipeline): still 130 and the one line, not a traceback. Without the signal, the
+    same RuntimeError stays an error."""
+    from edge.errors import run_cli
+
+    def ffi(exc):
+        raise RuntimeError("raised from a Python callback") from exc
+
+    code = _run_cli_hit_by_ctrl_c(ffi)
     assert code == 130
     assert capsys.readouterr().err.strip() == "error: interrupted; outputs in progress were not kept"
     with pytest.raises(RuntimeError):
@@ -253,21 +265,7 @@ def test_a_swallowed_ctrl_c_still_keeps_outputs_out(tmp_path, capsys):
     from edge.errors import run_cli
     from edge.imageio import write_atomic
 
-    def body() -> int:
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-        except KeyboardInterrupt:
-            pass  # what the native library does
-        write_atomic(tmp_path / "out.png", b"data")
-        return 0
-
-    # as an interactive shell starts a command (a background job, `cmd &` in CI, starts with SIGINT ignored)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        code = run_cli(body)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    code = _run_cli_hit_by_ctrl_c(lambda exc: write_atomic(tmp_path / "out.png", b"data"))  # swallowed, then written
     assert code == 130
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().err.strip() == "error: interrupted; outputs in progress were not kept"
