@@ -91,24 +91,64 @@ def row_from_json(d: dict) -> ProxyRow:
     return _row(d, d.get("label") or d["engine"])
 
 
-def check_rig(work: str | Path, tool: str | Path = DEFAULT_TOOL) -> Path:
-    """The instrument's a72count.py; :class:`EdgeError` when it, the rig or root is missing."""
+def rig_command(work: str | Path, tool: str | Path = DEFAULT_TOOL) -> str:
+    """The one command that builds (or completes) the rig with every engine edge-bench counts: the instrument's
+    setup.sh with the pinned arm64 wheels of versions.env ``ARM64PROXY_PIP`` (its default holds no peers)."""
+    return f'PIP_SPECS="{rig_pip()}" bash {tool}/setup.sh {work}'
+
+
+def rig_pip() -> str:
+    """versions.env ``ARM64PROXY_PIP``: the arm64 wheels the rig's venv must hold (ORT, TVM, ncnn, MNN, LiteRT)."""
+    env = Path(__file__).resolve().parents[1] / "docker" / "install" / "versions.env"
+    # sourced the way the install scripts source it (continuation lines honoured)
+    r = subprocess.run(["bash", "-c", 'source "$1" && printf %s "$ARM64PROXY_PIP"', "_", str(env)],
+                       capture_output=True, text=True)
+    if r.returncode or not r.stdout.strip():
+        raise EdgeError(f"{env} sets no ARM64PROXY_PIP (the arm64proxy rig's wheels)")
+    return r.stdout.strip()
+
+
+# the module each engine imports in the rig's arm64 venv (runner.py)
+RIG_MODULES = {"ort": "onnxruntime", "tvm": "tvm", "ncnn": "ncnn", "mnn": "MNN", "tflite": "ai_edge_litert"}
+
+
+def missing_in_rig(work: str | Path, engines: list[str] | tuple[str, ...]) -> list[str]:
+    """The engines whose module the rig's arm64 venv lacks (a rig built with setup.sh's default PIP_SPECS has no
+    ncnn, MNN or LiteRT)."""
+    site = list((Path(work) / "rootfs" / "opt" / "venv" / "lib").glob("python3*/site-packages"))
+    return [e for e in engines if not any((s / RIG_MODULES[e]).is_dir() for s in site)]
+
+
+def check_rig(work: str | Path, tool: str | Path = DEFAULT_TOOL, engines: list[str] | tuple[str, ...] = ()) -> Path:
+    """The instrument's a72count.py; :class:`EdgeError` when it, the rig, root or the rig's module for one of the
+    ``engines`` (ort, tvm, ncnn, mnn, tflite) is missing."""
     script = Path(tool) / "a72count.py"
     if not script.is_file():
         raise EdgeError(f"the arm64proxy instrument is not at {tool} (no a72count.py); it ships in "
                         "../shared/tools/arm64proxy beside this checkout")
     if not (Path(work) / "rootfs" / "opt" / "x86" / "qemu-aarch64").exists():
-        raise EdgeError(f"{work} holds no built arm64proxy rig; run `bash {tool}/setup.sh {work}` as root first "
+        raise EdgeError(f"{work} holds no built arm64proxy rig; run `{rig_command(work, tool)}` as root first "
                         "(~7 min), or point --a72-work / $ARM64PROXY_WORK at the folder it built")
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         raise EdgeError("the arm64proxy instrument chroots into its arm64 userland: run it as root")
+    lacking = missing_in_rig(work, engines)
+    if lacking:
+        raise EdgeError(f"the arm64proxy rig at {work} has no arm64 {', '.join(RIG_MODULES[e] for e in lacking)} "
+                        f"(built without the peers' wheels); complete it with `{rig_command(work, tool)}` as root")
     return script
 
 
 def _failure(text: str) -> str:
+    """The instrument's ``error:`` line and, after it, the last line of the emulated engine's own output (its
+    exception), so the one line says which engine failed and why."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if ln.startswith("error")), None)
-    return (first or (lines[-1] if lines else "no output"))[:300]
+    if not lines:
+        return "no output"
+    i = next((k for k, ln in enumerate(lines) if ln.startswith("error")), None)
+    if i is None:
+        return lines[-1][:300]
+    why = lines[-1] if len(lines) > i + 1 else ""
+    return f"{lines[i][:200]} {why[-300:]}".strip()
 
 
 @contextlib.contextmanager
@@ -156,7 +196,7 @@ def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int],
     import numpy as np
 
     work = Path(work) if work is not None else default_work()
-    script = check_rig(work, tool)
+    script = check_rig(work, tool, (["ort"] if onnx_path is not None else []) + ["tvm", *(peers or {})])
     specs = ([("ort", f"ort:{onnx_path}")] if onnx_path is not None else []) + [("tvm", f"tvm:{library}")]
     specs += [(lab, f"tvm:{lib}") for lab, lib in (extra or {}).items()]
     specs += [(name, f"{name}:{model}") for name, model in (peers or {}).items()]

@@ -154,9 +154,10 @@ def check_plan(plan: Plan) -> tuple[list[str], list[str]]:
 
         from benchmarks.peers import missing_converter, parse_peers
 
-        # a missing rig fails here, before any export
-        check_rig(plan.a72_work or default_work(), plan.a72_tool or DEFAULT_TOOL)
         plan.a72_peers = parse_peers(plan.a72_peers) if plan.a72_peers else []
+        # a missing rig, or one without a peer's runtime, fails here, before any export
+        check_rig(plan.a72_work or default_work(), plan.a72_tool or DEFAULT_TOOL,
+                  (["ort"] if plan.a72_ort else []) + ["tvm", *plan.a72_peers])
         for p in plan.a72_peers:
             reason = missing_converter(p)
             if reason:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.a72_proxy import LABEL, ProxyRow, default_work, fmt, measure, ratio_lines
+from benchmarks.a72_proxy import (LABEL, RIG_MODULES, ProxyRow, default_work, fmt, measure, missing_in_rig, ratio_lines,
+                                  rig_command, rig_pip)
 from benchmarks.cli import format_summary, main
 from benchmarks.report import document, merge, render, write_report
 from edge.errors import EdgeError
@@ -75,12 +76,19 @@ def test_report_shows_the_proxy_section_and_merging_keeps_it(tmp_path, run_facto
     assert (tmp_path / "merged" / "a72_proxy.csv").is_file()
 
 
+def rig_folder(work: Path, modules=tuple(RIG_MODULES.values())) -> Path:
+    """A rig folder as setup.sh leaves it: the plugin qemu, and the arm64 venv holding ``modules``."""
+    (work / "rootfs" / "opt" / "x86").mkdir(parents=True)
+    (work / "rootfs" / "opt" / "x86" / "qemu-aarch64").write_text("")
+    for m in modules:
+        (work / "rootfs" / "opt" / "venv" / "lib" / "python3.11" / "site-packages" / m).mkdir(parents=True)
+    return work
+
+
 def fake_rig(tmp_path: Path, body: str) -> tuple[Path, Path]:
     """A rig folder that passes the check and a stand-in a72count.py running ``body`` (a, rows, out: as in
     a72count's main)."""
-    work, tool = tmp_path / "work", tmp_path / "tool"
-    (work / "rootfs" / "opt" / "x86").mkdir(parents=True)
-    (work / "rootfs" / "opt" / "x86" / "qemu-aarch64").write_text("")
+    work, tool = rig_folder(tmp_path / "work"), tmp_path / "tool"
     tool.mkdir()
     (tool / "a72count.py").write_text(textwrap.dedent("""\
         import argparse, json, sys
@@ -119,7 +127,7 @@ def test_measure_reads_the_instruments_rows_and_refuses_a_failed_run(tmp_path):
         sys.exit("error: 0_ort K=1 failed in the emulated userland:\\nTraceback ...\\nOSError: boom")
         """)
     with pytest.raises(EdgeError, match=r"^the arm64proxy run failed \(exit 1\): error: 0_ort K=1 failed in the "
-                                        r"emulated userland:$"):
+                                        r"emulated userland: OSError: boom$"):
         measure(tmp_path / "model.onnx", tmp_path / "model.so", [1, 3, 32, 32], work, tool)
 
 
@@ -127,20 +135,40 @@ def test_a_missing_rig_is_one_line_before_any_export(tmp_path, capsys):
     assert main(["m2unet", "--a72-proxy", "--a72-work", str(tmp_path / "nowhere"), "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert "no built arm64proxy rig; run `bash " in err and f"setup.sh {tmp_path / 'nowhere'}` as root first" in err
+    assert "no built arm64proxy rig; run `PIP_SPECS=\"" in err and f"setup.sh {tmp_path / 'nowhere'}` as root first" in err
     assert not (tmp_path / "packages").exists()
     assert main(["m2unet", "--a72-cache", "-o", str(tmp_path)]) == 2
     assert "go with --a72-proxy" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the rig check asks for root")
+def test_a_rig_without_the_peers_runtimes_is_one_line_naming_the_command_that_completes_it(tmp_path, capsys):
+    # setup.sh's own default PIP_SPECS holds ORT and TVM only; CI once ran the peers on such a rig (ncnn failed)
+    work = rig_folder(tmp_path / "rig", modules=("onnxruntime", "tvm"))
+    assert missing_in_rig(work, list(RIG_MODULES)) == ["ncnn", "mnn", "tflite"]
+    assert main(["m2unet", "--a72-proxy", "--a72-work", str(work), "--a72-peers", "ncnn,mnn",
+                 "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"rig at {work} has no arm64 ncnn, MNN (built without the peers' wheels)" in err
+    assert f'`PIP_SPECS="{rig_pip()}" bash ' in err and "ncnn==" in rig_pip() and not (tmp_path / "out").exists()
+    (tmp_path / "a72count.py").write_text("raise SystemExit('never run')\n")
+    with pytest.raises(EdgeError, match="has no arm64 ai_edge_litert"):
+        measure(None, tmp_path / "m.so", [1, 3, 8, 8], work, tmp_path, peers={"tflite": tmp_path / "m.tflite"})
+    assert main(["m2unet", "--a72-proxy", "--a72-work", str(work), "--a72-no-ort", "--images", "none",
+                 "--sizes", "64", "--a72-tool", str(tmp_path / "none"), "-o", str(tmp_path / "o2")]) == 2
+    assert "no a72count.py" in capsys.readouterr().err  # ORT + TVM are there: only the missing tool is named
+
+
 RIG = default_work()
-HAVE_RIG = (RIG / "rootfs" / "opt" / "x86" / "qemu-aarch64").exists() and os.geteuid() == 0
+HAVE_RIG = (RIG / "rootfs" / "opt" / "x86" / "qemu-aarch64").exists() and os.geteuid() == 0 \
+    and not missing_in_rig(RIG, list(RIG_MODULES))
 
 
 @pytest.mark.slow
 @pytest.mark.cross
-@pytest.mark.skipif(not HAVE_RIG, reason=f"no arm64proxy rig at {RIG} (or not root): run "
-                                         f"`bash /work/shared/tools/arm64proxy/setup.sh {RIG}` as root (~7 min)")
+@pytest.mark.skipif(not HAVE_RIG, reason=f"no arm64proxy rig with every engine at {RIG} (or not root): run "
+                                         f"`{rig_command(RIG)}` as root (~7 min)")
 def test_edge_bench_counts_ort_tvm_and_the_peers_on_the_emulated_a72(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["m2unet", "--sizes", "64", "--backends", "onnxruntime", "--images", "none", "--runs", "2",
@@ -165,9 +193,7 @@ def test_edge_bench_counts_ort_tvm_and_the_peers_on_the_emulated_a72(tmp_path, c
 def test_more_tvm_threads_reach_the_instrument_and_the_split_is_reported(tmp_path):
     from benchmarks.a72_proxy import thread_split
 
-    work, tool = tmp_path / "work", tmp_path / "tool"
-    (work / "rootfs" / "opt" / "x86").mkdir(parents=True)
-    (work / "rootfs" / "opt" / "x86" / "qemu-aarch64").write_text("")
+    work, tool = rig_folder(tmp_path / "work"), tmp_path / "tool"
     tool.mkdir()
     (tool / "a72count.py").write_text(textwrap.dedent("""\
         import argparse, json, sys
