@@ -72,6 +72,9 @@ def _major_minor(version: str) -> tuple[str, ...]:
 
 def check_tvm(pkg: Package) -> None:
     """Raise :class:`PackageError` saying why the package's TVM library cannot run here."""
+    if pkg.library is None and pkg.meta.get("quantization"):
+        raise PackageError(f"package {pkg.path} is {pkg.meta['quantization'].get('dtype', 'quantized')} for ONNX "
+                           "Runtime and has no TVM library; use --backend onnxruntime or export fp32 for TVM")
     if pkg.library is None:
         raise PackageError(f"package {pkg.path} has no compiled TVM library (ONNX only); use --backend "
                            "onnxruntime or re-export it with a TVM target")

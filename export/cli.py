@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rpc-tracker", metavar="HOST:PORT",
                     help="with --tune for a cross target: the TVM RPC tracker the board's server registered with")
     ap.add_argument("--rpc-key", metavar="KEY", help="with --rpc-tracker: the board's device key, e.g. rk3399")
+    ap.add_argument("--quantize", choices=["int8"], default=None,
+                    help="int8: an ONNX-only package of ONNX Runtime's post-training int8 model (QDQ, mixed precision "
+                         "where a block of the network needs fp32), calibrated on the runtime's own tiles and refused "
+                         "when its vessel masks differ from fp32's beyond --int8-max-dice-loss on held-out photographs")
+    ap.add_argument("--calibration-images", metavar="DIR",
+                    help="with --quantize: a folder of your camera's photographs (at least 3; every third, by name, "
+                         "is held out for the check); default: the package's synthetic photographs")
+    ap.add_argument("--int8-max-dice-loss", type=float, default=None, metavar="D",
+                    help="with --quantize: refuse the int8 package when 1 - Dice (int8 vs fp32 masks, worst held-out "
+                         "photograph) exceeds D (default: 0.005)")
     ap.add_argument("--list-models", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return ap
@@ -113,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         result = export_model(args.model, target=args.target, weights=args.weights, input_size=input_size,
                               out=args.out, cuda_arch=args.cuda_arch, tuning_db=args.tuning_db,
                               tune_trials=args.tune, force=args.force, rpc_tracker=args.rpc_tracker,
-                              rpc_key=args.rpc_key, tile_plan=plan, fov_diameter=fov_diameter)
+                              rpc_key=args.rpc_key, tile_plan=plan, fov_diameter=fov_diameter,
+                              quantize=args.quantize, calibration_images=args.calibration_images,
+                              int8_max_dice_loss=args.int8_max_dice_loss)
         print(fmt_summary(result))
         return 0
 

@@ -49,6 +49,30 @@ def _sized(shape: list[int] | None) -> bool:
     return bool(shape) and min(shape) > 0  # type: ignore[type-var]
 
 
+def _headline_macs(n: onnx.NodeProto, shapes: dict[str, list[int]], nout: int) -> int:
+    """Multiply-accumulates of one headline operator (its output has ``nout`` elements)."""
+    w = shapes.get(n.input[1]) if len(n.input) > 1 else None
+    if n.op_type == "Conv":  # w: Cout, Cin/groups, kh, kw
+        return nout * int(np.prod(w[1:]))
+    if n.op_type == "ConvTranspose":  # w: Cin, Cout/groups, kh, kw
+        return int(np.prod(shapes[n.input[0]])) * int(np.prod(w[1:]))
+    a = shapes[n.input[0]]  # MatMul, Gemm
+    k = a[0] if n.op_type == "Gemm" and any(at.name == "transA" and at.i for at in n.attribute) else a[-1]
+    return nout * k
+
+
+def macs_by_node(m: onnx.ModelProto) -> dict[str, int]:
+    """MACs of each headline operator (Conv, ConvTranspose, MatMul, Gemm) that shape inference sized, by node
+    name (int8 packages: the share of the work that runs in int8)."""
+    shapes = _shapes(m)
+    out = {}
+    for n in m.graph.node:
+        if n.op_type in HEADLINE_OPS and n.output and _sized(shapes.get(n.output[0])) and len(n.input) > 1 \
+                and all(_sized(shapes.get(n.input[i])) for i in (0, 1)):
+            out[n.name] = _headline_macs(n, shapes, int(np.prod(shapes[n.output[0]])))
+    return out
+
+
 def count(m: onnx.ModelProto) -> Complexity:
     """Parameters and MACs of ``m`` (fixed input shapes; see ``benchmarks.complexity.fix_input_shape``).
 
@@ -70,19 +94,8 @@ def count(m: onnx.ModelProto) -> Complexity:
         elif not out:
             continue
         nout = int(np.prod(out))
-        if n.op_type == "Conv":
-            w = shapes[n.input[1]]  # Cout, Cin/groups, kh, kw
-            macs["Conv"] += nout * int(np.prod(w[1:]))
-        elif n.op_type == "ConvTranspose":
-            w = shapes[n.input[1]]  # Cin, Cout/groups, kh, kw
-            x = shapes[n.input[0]]
-            macs["ConvTranspose"] += int(np.prod(x)) * int(np.prod(w[1:]))
-        elif n.op_type in ("MatMul", "Gemm"):
-            a = shapes[n.input[0]]
-            k = a[-1]
-            if n.op_type == "Gemm" and any(at.name == "transA" and at.i for at in n.attribute):
-                k = a[0]
-            macs[n.op_type] += nout * k
+        if n.op_type in HEADLINE_OPS:
+            macs[n.op_type] += _headline_macs(n, shapes, nout)
         else:
             other[n.op_type] += nout * ELEMENTWISE_COST.get(n.op_type, 1)
     if unknown:

@@ -226,7 +226,8 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
                  cuda_arch: str | None = None, tuning_db: str | Path | None = None, tune_trials: int = 0,
                  force: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
                  tile_plan: dict | None = None, fov_diameter: float | None = None,
-                 log=tvm_stage.progress) -> ExportResult:
+                 quantize: str | None = None, calibration_images: str | Path | None = None,
+                 int8_max_dice_loss: float | None = None, log=tvm_stage.progress) -> ExportResult:
     """Run every stage (source -> verified ONNX -> library -> package), each checked against the previous one,
     and write the package atomically.
 
@@ -234,14 +235,18 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
     nothing is written then. ``tile_plan``: the camera image size the tile was planned for (``edge-export
     --image-size``), recorded under ``tiling.planned_for``. ``fov_diameter``: the FOV diameter in pixels of the
     images the weights were trained at (default: the weights' sidecar's), recorded as
-    ``preprocess.fov_diameter_px``; edge-run resamples photographs to it.
+    ``preprocess.fov_diameter_px``; edge-run resamples photographs to it. ``quantize="int8"``: an ONNX-only
+    package of ONNX Runtime's int8 model instead of a TVM library (:mod:`export.quantize`: calibrated on
+    ``calibration_images`` or the synthetic set, refused past ``int8_max_dice_loss``).
     """
     from export.tuning import rpc_endpoint, tuning_key
 
     fov_diameter = check_fov_diameter(fov_diameter)  # before any work
 
     preset = get_target(target)
-    preset.check_toolchain()
+    int8 = check_quantize(quantize, preset, tuning_db, tune_trials, calibration_images, int8_max_dice_loss)
+    if int8 is None:
+        preset.check_toolchain()
     rpc = None
     if rpc_tracker or rpc_key:
         if tune_trials <= 0:
@@ -255,32 +260,99 @@ def export_model(model: str, target: str = "x86_64", weights: str | Path | None 
         tmp = Path(tmpd)
         src = load_source(model, weights, input_size, tmp, run, fov_diameter)
         v = verify_onnx(src, tmp / pkgfmt.ONNX, run)
-        database = tuning_database(v, src.model_meta["name"], preset, tuning_db, tune_trials, cuda_arch, rpc, run)
-        compiled = build_library(v, preset, tmp / pkgfmt.LIBRARY, cuda_arch, database, run).compiled
-
+        if int8 is None:
+            database = tuning_database(v, src.model_meta["name"], preset, tuning_db, tune_trials, cuda_arch, rpc,
+                                       run)
+            compiled = build_library(v, preset, tmp / pkgfmt.LIBRARY, cuda_arch, database, run).compiled
+            target_meta = {"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
+                           "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
+                           "tuning_key": tuning_key(preset)}
+            tuning = {"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks,
+                      "hand_kernels": compiled.hand_kernels, "generic_kernels": list(compiled.generic_kernels),
+                      "default_lowering": list(compiled.default_kernels)}
+            members = {pkgfmt.ONNX: tmp / pkgfmt.ONNX, pkgfmt.LIBRARY: compiled.library}
+        else:
+            target_meta = {"preset": preset.name, "description": preset.description, "tvm_target": {},
+                           "arch": preset.arch, "device": "cpu", "library": None}
+            tuning = None
         mm = src.model_meta
         meta = pkgfmt.build_meta(
             model=mm, input_name=v.input_name, shape=v.shape, output_name=v.graph.graph.output[0].name,
             preprocess=pkgfmt.Preprocess("RGB", 1.0 / 255.0, tuple(mm["mean"]), tuple(mm["std"]),
                                          src.fov_diameter_px),
-            threshold=mm["threshold"], overlap=mm["overlap"], planned_for=tile_plan,
-            target={"preset": preset.name, "description": preset.description, "tvm_target": compiled.target,
-                    "arch": preset.arch, "device": preset.device, "library": pkgfmt.LIBRARY,
-                    "tuning_key": tuning_key(preset)},
+            threshold=mm["threshold"], overlap=mm["overlap"], planned_for=tile_plan, target=target_meta,
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            tuning={"database": compiled.tuning_db, "tuned_kernels": compiled.tuned_tasks,
-                    "hand_kernels": compiled.hand_kernels, "generic_kernels": list(compiled.generic_kernels),
-                    "default_lowering": list(compiled.default_kernels)},
+            **({"tuning": tuning} if tuning else {}),
             versions=pkgfmt.versions(("torch", "onnx", "onnxsim", "onnxruntime", "tvm", "tvm_ffi", "vessel_edge")),
             host={"machine": platform.machine(), "cpu": _host_cpu_name()},
             parity=run.parity, complexity=v.complexity.to_meta(), warnings=run.warnings)
+        if int8 is not None:
+            meta, members = quantize_stage(meta, tmp, int8, run)
         shape = v.shape
         outdir = Path(out) if out else Path("packages") / f"{mm['name']}-{preset.name}-{shape[2]}x{shape[3]}"
         t0 = time.perf_counter()
-        pkgfmt.write_package(outdir, meta, {pkgfmt.ONNX: tmp / pkgfmt.ONNX, pkgfmt.LIBRARY: compiled.library},
-                             force=force)
+        pkgfmt.write_package(outdir, meta, members, force=force)
         run.timed("write package", t0, str(outdir))
     return ExportResult(outdir, meta, run.stages, run.warnings, src.scale_source)
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """``--quantize int8``: the photographs and the limit, checked before any work."""
+
+    calibration: list
+    held_out: list
+    max_dice_loss: float
+    source: str
+
+
+def check_quantize(quantize: str | None, preset: TargetPreset, tuning_db, tune_trials: int,
+                   calibration_images, max_dice_loss: float | None) -> Int8Plan | None:
+    """Validate the int8 options (one-line errors, before any work) and read the calibration photographs."""
+    from export import quantize as q
+
+    if quantize is None:
+        if calibration_images is not None or max_dice_loss is not None:
+            raise EdgeError("--calibration-images and --int8-max-dice-loss belong to --quantize int8; add it or "
+                            "leave them out")
+        return None
+    from edge.errors import look_up_option
+
+    look_up_option(quantize, ("int8",), "quantization")
+    if preset.device != "cpu":
+        raise EdgeError(f"--quantize int8 makes a package for ONNX Runtime on a CPU; {preset.name} is a "
+                        f"{preset.device} target: pick arm64 or x86_64")
+    if tune_trials or tuning_db:
+        raise EdgeError("--tune and --tuning-db tune the TVM library; an int8 package runs on ONNX Runtime and has "
+                        "none: leave them out")
+    limit = q.DEFAULT_MAX_DICE_LOSS if max_dice_loss is None else float(max_dice_loss)
+    if not 0 <= limit < 1:
+        raise EdgeError(f"--int8-max-dice-loss {limit:g} must be in [0, 1), e.g. 0.005")
+    if calibration_images is not None:
+        cal, held = q.user_photos(calibration_images)
+        return Int8Plan(cal, held, limit, str(calibration_images))
+    return Int8Plan(q.synthetic_photos(q.SYNTHETIC_CALIBRATION), q.synthetic_photos(q.SYNTHETIC_HELD_OUT), limit,
+                    "synthetic")
+
+
+def quantize_stage(meta: dict, tmp: Path, plan: Int8Plan, run: Run) -> tuple[dict, dict[str, Path]]:
+    """Quantize the verified ONNX, judged through the runtime on the fp32 package (written to ``tmp``)."""
+    from export.quantize import quantize_int8
+
+    t0 = time.perf_counter()
+    fp32 = pkgfmt.load_package(pkgfmt.write_package(tmp / "fp32-package", meta, {pkgfmt.ONNX: tmp / pkgfmt.ONNX}))
+    q = quantize_int8(fp32, tmp / "int8.onnx", plan.calibration, plan.held_out, plan.max_dice_loss, log=run.log)
+    h = q.meta["held_out"]
+    run.timed("int8 (onnxruntime)", t0, f"held-out Dice vs fp32 worst {h['dice_min']:.4f}, max|dp| "
+              f"{h['max_abs_dp']:.3f}; {q.meta['int8_mac_fraction']:.0%} of MACs int8")
+    q.meta["calibration"]["source"] = plan.source
+    if q.meta["int8_mac_fraction"] < 0.5:
+        msg = (f"WARNING: only {q.meta['int8_mac_fraction']:.0%} of the MACs run in int8 (these weights need "
+               f"{', '.join(q.meta['fp32_blocks'])} in fp32 to stay within the Dice limit): the package is about as "
+               "fast as fp32 on ONNX Runtime and slower than the fp32 TVM package")
+        run.warn(msg)
+        run.log(msg)
+    return {**meta, "quantization": q.meta}, {pkgfmt.ONNX: q.path}
 
 
 def _parity_detail(p: onnx_stage.Parity) -> str:
@@ -308,16 +380,24 @@ def fmt_summary(r: ExportResult) -> str:
     lines.append(f"package  {r.package}  ({', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in files.items())})")
     lines.append(f"model    {r.meta['model']['name']}  input {'x'.join(map(str, r.meta['input']['shape']))}  "
                  f"params {c['params'] / 1e6:.3f} M  MACs {c['gmacs']:.3f} G")
+    q = r.meta.get("quantization")
     lines.append(f"target   {r.meta['target']['preset']}: {r.meta['target']['arch']}  "
-                 f"{r.meta['target']['tvm_target'].get('mcpu', '')}")
+                 + ("ONNX Runtime, no TVM library" if q else r.meta['target']['tvm_target'].get('mcpu', '')))
     lines.append("parity   " + "; ".join(f"{p['stage']} vs {p['reference']}: {p['max_abs_diff']:.1e}"
                                         for p in r.meta["parity"]))
-    t = r.meta["tuning"]
-    left = t.get("default_lowering") or []
-    lines.append(f"tuning   {t['database'] or 'no database'}: {t['tuned_kernels']} tuned kernels, "
-                 f"{t['hand_kernels']} hand-written, {len(t.get('generic_kernels') or [])} on the generic parallel "
-                 f"schedule, {len(left)} on TVM's default lowering (unscheduled, slow)"
-                 + (f": {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""))
+    if q:
+        h = q["held_out"]
+        lines.append(f"int8     {len(q['int8_blocks'])} of {len(q['int8_blocks']) + len(q['fp32_blocks'])} blocks "
+                     f"({q['int8_mac_fraction']:.0%} of MACs) int8, fp32: {', '.join(q['fp32_blocks']) or 'none'}; "
+                     f"held-out Dice vs fp32 worst {h['dice_min']:.4f} mean {h['dice_mean']:.4f} (limit loss "
+                     f"{h['max_dice_loss']:g}), max|dp| {h['max_abs_dp']:.3f}, {len(h['photographs'])} photographs")
+    t = r.meta.get("tuning")
+    if t:
+        left = t.get("default_lowering") or []
+        lines.append(f"tuning   {t['database'] or 'no database'}: {t['tuned_kernels']} tuned kernels, "
+                     f"{t['hand_kernels']} hand-written, {len(t.get('generic_kernels') or [])} on the generic "
+                     f"parallel schedule, {len(left)} on TVM's default lowering (unscheduled, slow)"
+                     + (f": {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""))
     fov = r.meta["preprocess"].get("fov_diameter_px")
     lines.append(f"scale    training scale: FOV {fov:g} px ({r.scale_source}); edge-run resamples photographs to it"
                  if fov is not None else

@@ -50,3 +50,26 @@ def test_edge_run_in_userland_equals_host_run(userland, workdir):
     assert a.shape == h.shape == (1411, 1411)
     assert float(a.max()) > 0.5  # vessels were found, not an empty map
     assert float(np.max(np.abs(a - h))) <= 1e-4
+
+
+def test_int8_package_for_arm64_runs_in_userland_on_onnxruntime_like_on_this_host(userland, tmp_path, retina_rgb):
+    """`--quantize int8 --target arm64` needs no cross compiler (ONNX Runtime runs it); the emulated board's
+    ONNX Runtime (NEON int8 kernels) gives the masks this host's (x86 int8 kernels) gives."""
+    d = tmp_path
+    r = subprocess.run([BIN / "edge-export", "m2unet", "--target", "arm64", "--quantize", "int8", "--out",
+                        d / "pkg"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((d / "pkg" / "meta.json").read_text())["target"]["arch"] == "aarch64"
+    assert cv2.imwrite(str(d / "retina.png"), retina_rgb[::2, ::2, ::-1])
+    host = subprocess.run([BIN / "edge-run", d / "retina.png", "--package", d / "pkg", "-o", d / "host", "--float"],
+                          capture_output=True, text=True, timeout=600)
+    assert host.returncode == 0, host.stderr[-3000:]
+    userland.run("edge-run", d / "retina.png", "--package", d / "pkg", "-o", d / "arm", "--float", "--json",
+                 d / "arm.json", binds=[d], timeout=1200)
+    arm = json.loads((d / "arm.json").read_text())
+    assert arm["machine"] == "aarch64" and arm["backend"]["name"] == "onnxruntime" and arm["ok"] == 1
+    a = cv2.imread(str(d / "arm" / "retina_prob.tif"), cv2.IMREAD_UNCHANGED)
+    h = cv2.imread(str(d / "host" / "retina_prob.tif"), cv2.IMREAD_UNCHANGED)
+    assert a.shape == h.shape and float(a.max()) > 0.5
+    ma, mh = a > 0.5, h > 0.5
+    assert 2 * (ma & mh).sum() / (ma.sum() + mh.sum()) >= 0.995, float(np.abs(a - h).max())

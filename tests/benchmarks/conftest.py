@@ -56,9 +56,10 @@ def run_factory():
     return make_run
 
 
-def write_onnx_package(out, tile: tuple[int, int] = (32, 32), seed: int = 0):
+def write_onnx_package(out, tile: tuple[int, int] = (32, 32), seed: int = 0, segmentable: bool = False):
     """An ONNX-only package (no TVM library) of two 3x3 convolutions with random weights, built with onnx.helper:
-    no torch, no compiler, so it costs milliseconds."""
+    no torch, no compiler, so it costs milliseconds. ``segmentable``: with the preprocess section edge.segment
+    needs to run it on photographs."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -88,6 +89,8 @@ def write_onnx_package(out, tile: tuple[int, int] = (32, 32), seed: int = 0):
         "target": {"preset": "host", "arch": host_arch(), "device": "cpu", "library": None},
         "versions": {}, "parity": [], "complexity": {},
     }
+    if segmentable:
+        meta["preprocess"] = {"channel_order": "RGB", "scale": 1 / 255, "mean": [0.5] * 3, "std": [0.25] * 3}
     return write_package(out, meta, {"model.onnx": src})
 
 

@@ -12,12 +12,7 @@ pytest.importorskip("onnxruntime.quantization")
 
 
 def _segmentable(tmp_path):
-    """The tiny ONNX-only package with the preprocess section edge.segment needs (meta.json is not checksummed)."""
-    pkg = write_onnx_package(tmp_path / "tiny", tile=(64, 64))
-    meta = json.loads((pkg / "meta.json").read_text())
-    meta["preprocess"] = {"channel_order": "RGB", "scale": 1 / 255, "mean": [0.5] * 3, "std": [0.25] * 3}
-    (pkg / "meta.json").write_text(json.dumps(meta))
-    return pkg
+    return write_onnx_package(tmp_path / "tiny", tile=(64, 64), segmentable=True)
 
 
 def test_study_reports_dice_gate_and_timings(tmp_path):
@@ -39,3 +34,23 @@ def test_cli_refuses_unknown_method_in_one_line(tmp_path, capsys):
     assert int8.main([str(pkg), "--methods", "kl"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown calibration method kl" in err[0] and "minmax" in err[0]
+
+
+def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_path):
+    from edge.errors import EdgeError
+    from edge.package import load_package, write_package
+    from export.quantize import quantize_int8, synthetic_photos
+
+    pkg = _segmentable(tmp_path)
+    r = quantize_int8(load_package(pkg), tmp_path / "q.onnx", synthetic_photos([(1, (96, 90))]),
+                      synthetic_photos([(2, (100, 110))]), max_dice_loss=0.5, threads=1, log=lambda m: None)
+    meta = {k: v for k, v in json.loads((pkg / "meta.json").read_text()).items() if k != "files"}
+    q8 = write_package(tmp_path / "int8", {**meta, "quantization": r.meta}, {"model.onnx": r.path})
+    lines = []
+    rows = int8.speed(pkg, q8, threads=1, rounds=2, runs=2, log=lines.append)
+    assert [x.engine for x in rows] == ["onnxruntime fp32", "onnxruntime int8"]  # no TVM library in either
+    assert rows[0].speedup_vs_ort_fp32 == 1.0 and all(x.ms_per_tile > 0 for x in rows)
+    assert rows[1].speedup_vs_ort_fp32 == pytest.approx(rows[0].ms_per_tile / rows[1].ms_per_tile)
+    assert lines[0].startswith("note: tvm fp32 not timed") and "held-out Dice vs fp32 worst" in lines[1]
+    with pytest.raises(EdgeError, match="no 'quantization' section .* edge-export --quantize int8"):
+        int8.speed(q8, pkg, threads=1)
