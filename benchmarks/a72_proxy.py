@@ -182,10 +182,11 @@ sys.exit(a72count.main())
 def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int], work: str | Path | None = None,
             tool: str | Path = DEFAULT_TOOL, mca: bool = True, cache: bool = False, *, model: str | None = None,
             extra: dict[str, Path] | None = None, peers: dict[str, Path] | None = None, package: str | None = None,
-            threads: int = 1, log: Callable[[str], None] | None = None) -> list[ProxyRow]:
+            threads: int = 1, int8: str | Path | None = None, log: Callable[[str], None] | None = None) -> list[ProxyRow]:
     """Count one inference of ONNX Runtime on ``onnx_path`` (first, the reference; None skips it), the aarch64 TVM
     ``library``, the ``extra`` libraries (label -> .so) and the ``peers`` (ncnn/mnn/tflite -> converted model, from
-    :func:`benchmarks.peers.convert`) on the emulated A72, same random input of ``shape``.
+    :func:`benchmarks.peers.convert`) on the emulated A72, same random input of ``shape``. ``int8``: an int8 QDQ
+    ONNX (an ``edge-export --quantize int8`` package's) also run on ONNX Runtime, as engine ``ort-int8``.
 
     ``threads`` > 1 runs the TVM libraries with that many TVM threads (the instrument's runner keeps every other
     engine at one): ``insns_m`` is then the main thread's count, ``other_vcpu_insns_m`` the workers', both with
@@ -196,15 +197,16 @@ def measure(onnx_path: str | Path | None, library: str | Path, shape: list[int],
     import numpy as np
 
     work = Path(work) if work is not None else default_work()
-    script = check_rig(work, tool, (["ort"] if onnx_path is not None else []) + ["tvm", *(peers or {})])
+    script = check_rig(work, tool, (["ort"] if onnx_path is not None or int8 else []) + ["tvm", *(peers or {})])
     specs = ([("ort", f"ort:{onnx_path}")] if onnx_path is not None else []) + [("tvm", f"tvm:{library}")]
+    specs += [("ort-int8", f"ort:{int8}")] if int8 else []
     specs += [(lab, f"tvm:{lib}") for lab, lib in (extra or {}).items()]
     specs += [(name, f"{name}:{model}") for name, model in (peers or {}).items()]
     outputs: list[np.ndarray | None] = []
     with tempfile.TemporaryDirectory(prefix="a72proxy-") as tmpd:
         x, out_json = Path(tmpd) / "input.npy", Path(tmpd) / "rows.jsonl"
         np.save(x, np.random.default_rng(0).random(shape, dtype=np.float32))
-        if threads > 1 and (onnx_path is not None or peers):
+        if threads > 1 and (onnx_path is not None or peers or int8):
             raise EdgeError("the instrument runs ONNX Runtime and the peers on one thread only; count TVM alone "
                             "with more threads (--no-ort, no --peers)")
         # a72count fixes TVM_NUM_THREADS=1 in its environment table; more threads: load it as a module, change that
@@ -264,6 +266,9 @@ def ratio_lines(rows: list[ProxyRow]) -> list[str]:
             out.append(f"goal ({LABEL}; cycles <= ORT / {GOAL_CYCLES}: {ref.mca_cycles_m / GOAL_CYCLES:.1f} M): "
                        f"{'met' if ok_c else 'missed'} at {r.mca_cycles_m:.1f} M"
                        + ("" if ok_l2 is None else f"; L2 misses <= ORT's: {'met' if ok_l2 else 'missed'}"))
+    tvm, q = (next((r for r in rows if r.engine == e and r.mca_cycles_m), None) for e in ("tvm", "ort-int8"))
+    if tvm and q:
+        out.append(f"tvm (fp32) vs ort-int8 ({LABEL}): " + _ratio("cycles", tvm.mca_cycles_m, q.mca_cycles_m))
     out += peer_goal(rows)
     return out
 

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--a72-threads", type=int, default=None, metavar="N",
                    help="with --a72-proxy: also count TVM alone on N threads and note how its instructions split "
                         "over them against the one-thread count (default: 1, one thread only)")
+    p.add_argument("--a72-int8", default=None, metavar="PKG",
+                   help="with --a72-proxy: also count this int8 package's ONNX on ONNX Runtime (edge-export MODEL "
+                        "--quantize int8, same tile), beside fp32")
     p.add_argument("--a72-no-ort", dest="a72_ort", action="store_false", default=None,
                    help="with --a72-proxy: do not count ONNX Runtime (no ratios to it; saves its emulation time)")
     p.add_argument("--a72-no-mca", dest="a72_mca", action="store_false", default=None,

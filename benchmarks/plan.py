@@ -53,6 +53,7 @@ class Plan:
     a72_tool: str | None = None  # the arm64proxy instrument (a72count.py); None: ../shared/tools/arm64proxy
     a72_peers: list[str] = field(default_factory=list)  # ... and these peers (ncnn, mnn, tflite; benchmarks.peers)
     a72_threads: int = 1  # > 1: TVM also counted alone on this many threads, and how its work splits
+    a72_int8: str | None = None  # an int8 package (edge-export --quantize int8): its ONNX on ORT, counted beside
 
 
 PLAN_KEYS = tuple(f.name for f in fields(Plan))
@@ -164,10 +165,16 @@ def check_plan(plan: Plan) -> tuple[list[str], list[str]]:
                 raise EdgeError(f"--a72-peers {p}: {reason}")
         if plan.a72_threads < 1:
             raise EdgeError("--a72-threads must be at least 1")
+        if plan.a72_int8:
+            from edge.package import load_package
+
+            if not load_package(plan.a72_int8).meta.get("quantization"):
+                raise EdgeError(f"--a72-int8 {plan.a72_int8} is not an int8 package (no 'quantization' in its "
+                                "meta.json); make one with edge-export MODEL --quantize int8 --target arm64")
     elif plan.a72_cache or plan.a72_work or plan.a72_peers or plan.a72_tool or plan.a72_threads != 1 \
-            or not plan.a72_mca or not plan.a72_ort:
-        raise EdgeError("--a72-cache, --a72-work, --a72-tool, --a72-peers, --a72-threads, --a72-no-mca and "
-                        "--a72-no-ort go with --a72-proxy")
+            or not plan.a72_mca or not plan.a72_ort or plan.a72_int8:
+        raise EdgeError("--a72-cache, --a72-work, --a72-tool, --a72-peers, --a72-threads, --a72-int8, --a72-no-mca "
+                        "and --a72-no-ort go with --a72-proxy")
     if plan.rpc_tracker:
         if not plan.rpc_key:
             raise EdgeError("--rpc-tracker needs --rpc-key KEY (the device key the board registered with)")

@@ -137,7 +137,8 @@ def _a72_proxy(arts: list[Artifact], plan: Plan, notes: list[str]) -> list[dict]
             log(f"note: {notes[-1]}")
             continue
         pkg = load_package(art.a72_package)
-        engines = ["ONNX Runtime"] * plan.a72_ort + ["TVM"] + ["TVM default lowering"] * bool(art.a72_default_library)
+        engines = (["ONNX Runtime"] * plan.a72_ort + ["TVM"] + ["ONNX Runtime int8"] * bool(plan.a72_int8)
+                   + ["TVM default lowering"] * bool(art.a72_default_library))
         log(f"{what}: {', '.join(engines + plan.a72_peers)} on the emulated Cortex-A72 "
             f"(arm64proxy{', with the cache model' if plan.a72_cache else ''}; minutes)")
         try:
@@ -146,9 +147,17 @@ def _a72_proxy(arts: list[Artifact], plan: Plan, notes: list[str]) -> list[dict]
             peers = {p: convert(p, pkg.onnx, list(pkg.input_shape)) for p in plan.a72_peers}
             extra = {"tvm-default": Path(art.a72_default_library)} if art.a72_default_library else None
             tool = plan.a72_tool or DEFAULT_TOOL
+            int8 = None
+            if plan.a72_int8:
+                q = load_package(plan.a72_int8)
+                if tuple(q.input_shape) != tuple(pkg.input_shape):
+                    raise EdgeError(f"--a72-int8 {plan.a72_int8} is a {'x'.join(map(str, q.input_shape[2:]))} "
+                                    f"package, this one {'x'.join(map(str, pkg.input_shape[2:]))}; export it at the "
+                                    "same tile (--input-size)")
+                int8 = q.onnx
             got = measure(pkg.onnx if plan.a72_ort else None, pkg.library, list(pkg.input_shape), plan.a72_work,
                           tool, mca=plan.a72_mca, cache=plan.a72_cache, model=art.model, package=art.a72_package,
-                          peers=peers, extra=extra)
+                          peers=peers, extra=extra, int8=int8)
             if plan.a72_threads > 1:  # TVM alone on more threads (the instrument runs the others on one)
                 log(f"{what}: TVM on {plan.a72_threads} threads on the emulated Cortex-A72")
                 many = measure(None, pkg.library, list(pkg.input_shape), plan.a72_work, tool, mca=plan.a72_mca,

@@ -122,6 +122,13 @@ def test_measure_reads_the_instruments_rows_and_refuses_a_failed_run(tmp_path):
     only_tvm = measure(None, tmp_path / "model.so", [1, 3, 32, 32], work, tool, mca=False)
     assert [r.engine for r in only_tvm] == ["tvm"] and only_tvm[0].max_abs_diff_vs_ort is None  # no ORT: no diff
     assert only_tvm[0].mca_cycles_m is None
+    with_int8 = measure(tmp_path / "model.onnx", tmp_path / "model.so", [1, 3, 32, 32], work, tool,
+                        int8=tmp_path / "int8.onnx", log=said.append)
+    assert [(r.engine, r.model_file) for r in with_int8] == [
+        ("ort", str(tmp_path / "model.onnx")), ("tvm", str(tmp_path / "model.so")),
+        ("ort-int8", str(tmp_path / "int8.onnx"))]
+    assert f"ort:{tmp_path / 'int8.onnx'}" in said[-1]  # ONNX Runtime runs the int8 graph
+    assert f"tvm (fp32) vs ort-int8 ({LABEL}): cycles 1.50x fewer" in ratio_lines(with_int8)
 
     work, tool = fake_rig(tmp_path / "bad", """\
         sys.exit("error: 0_ort K=1 failed in the emulated userland:\\nTraceback ...\\nOSError: boom")
@@ -222,3 +229,15 @@ def test_more_tvm_threads_reach_the_instrument_and_the_split_is_reported(tmp_pat
                     "thread's), the pool's waiting counted as work)")
     with pytest.raises(EdgeError, match=r"runs ONNX Runtime and the peers on one thread only"):
         measure(tmp_path / "m.onnx", tmp_path / "m.so", [1, 3, 32, 32], work, tool, threads=2)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the rig check asks for root")
+def test_a72_int8_takes_only_an_int8_package_and_only_with_the_proxy(tmp_path, capsys, onnx_package):
+    assert main(["m2unet", "--a72-int8", str(onnx_package), "-o", str(tmp_path / "a")]) == 2
+    assert "--a72-int8, --a72-no-mca and --a72-no-ort go with --a72-proxy" in capsys.readouterr().err
+    work, tool = fake_rig(tmp_path, "")
+    assert main(["m2unet", "--a72-proxy", "--a72-work", str(work), "--a72-tool", str(tool), "--a72-int8",
+                 str(onnx_package), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an int8 package" in err[0] and "--quantize int8 --target arm64" in err[0]
+    assert not (tmp_path / "b").exists()
