@@ -129,3 +129,19 @@ def test_int8_package_of_the_shipped_m2unet_meets_its_gate_and_segments(tmp_path
     a = cv2.imread(str(tmp_path / "out-int8" / "retina_mask.png"), cv2.IMREAD_UNCHANGED) > 0
     b = cv2.imread(str(tmp_path / "out-fp32" / "retina_mask.png"), cv2.IMREAD_UNCHANGED) > 0
     assert b.sum() > 1000 and q.dice(a, b) >= 0.99  # a real camera's photograph, never seen in calibration
+
+
+def test_user_photographs_are_split_by_name_every_third_held_out(tmp_path, retina_rgb):
+    d = tmp_path / "camera"
+    d.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(d / f"img{i}.png"), retina_rgb[::6, ::6, ::-1])
+    (d / "notes.txt").write_text("not a photograph")
+    cal, held = q.user_photos(d)
+    assert [p.name for p in cal] == ["img0.png", "img1.png", "img3.png", "img4.png"]
+    assert [p.name for p in held] == ["img2.png"]
+    assert held[0].image.shape == (236, 236, 3) and held[0].image.dtype == np.uint8
+    pkg = load_package(write_onnx_package(tmp_path / "tiny", tile=(64, 64), segmentable=True))
+    r = q.quantize_int8(pkg, tmp_path / "q.onnx", cal, held, max_dice_loss=0.5, threads=1, log=lambda m: None)
+    assert r.meta["calibration"]["photographs"] == ["img0.png", "img1.png", "img3.png", "img4.png"]
+    assert r.meta["held_out"]["photographs"] == ["img2.png"]
