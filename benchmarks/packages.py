@@ -32,6 +32,7 @@ class Artifact:
     a72_package: str | None = None  # the arm64 package counted on the emulated A72 (--a72-proxy)
     default_library: str | None = None  # ``package``'s graph with TVM's default lowering (backend tvm-default)
     a72_default_library: str | None = None  # ... of ``a72_package`` (tvm-default counted on the emulated A72)
+    quantized: str | None = None  # ``package`` is an int8 package (edge-export --quantize): its dtype
 
 
 def host_target() -> str:
@@ -209,7 +210,8 @@ def _resolve(item: str, plan: Plan, outdir: Path, targets: set[str]) -> list[Art
         # With --rpc-tracker the package itself goes to the board (typically an arm64 package).
         return [Artifact(name, registered, plan.weights, tile, m.divisor, m.overlap,
                          package=str(p), remote_package=str(p) if plan.rpc_tracker else None,
-                         a72_package=str(p) if plan.a72_proxy and arm64 else None)]
+                         a72_package=str(p) if plan.a72_proxy and arm64 else None,
+                         quantized=(pkg.meta.get("quantization") or {}).get("dtype"))]
     if item.lower().endswith(".onnx"):
         if not p.is_file():
             raise EdgeError(f"ONNX file not found: {p}")

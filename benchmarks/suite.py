@@ -237,6 +237,9 @@ def attach_parity(recs: dict[str, dict], outputs: Path) -> None:
             got = np.load(f).astype(np.float64)
             if got.shape != ref.shape:
                 d = {"reference": reference, "error": f"output shape {list(got.shape)} vs {list(ref.shape)}"}
+                if reference == PARITY_REFERENCE:  # not the same model: a time of something else is no result
+                    rec["status"] = (f"failed: output shape {list(got.shape)}, {PARITY_REFERENCE}'s "
+                                     f"{list(ref.shape)}: not the same model (a broken conversion)")
             else:
                 p = compare(b, reference, got, ref, tolerance=PARITY_TOL)
                 d = {"reference": reference, "max_abs_diff_logits": p.max_abs_diff_logits,
@@ -244,6 +247,9 @@ def attach_parity(recs: dict[str, dict], outputs: Path) -> None:
             rec.setdefault("info", {})[key] = d
             if reference == PARITY_REFERENCE and not d.get("passed"):
                 rec.setdefault("notes", []).append(f"output differs from {PARITY_REFERENCE}'s: {d}")
+
+
+QUANTIZED_RUNS = ("onnxruntime", "openvino")  # the engines that run an int8 package's QDQ graph as int8
 
 
 def _run_group(art: Artifact, specs: list[CaseSpec], job: dict, plan: Plan, optional: list[str],
@@ -260,6 +266,9 @@ def _run_group_cases(art: Artifact, specs: list[CaseSpec], job: dict, plan: Plan
     runnable = []
     for s in specs:
         reason = cuda_unavailable(s.backend) if s.backend in optional else None
+        if art.quantized and s.backend not in QUANTIZED_RUNS:
+            reason = (f"the package is {art.quantized} (ONNX Runtime QDQ); {s.backend} does not run it as such: time "
+                      "it beside its fp32 package with python -m benchmarks.int8 FP32_PKG --int8 PKG")
         if reason:
             out[s.backend] = asdict(record(asdict(art), s, f"unavailable: {reason}"))
         else:

@@ -192,7 +192,7 @@ def quantize_int8(pkg: Package, out: Path, calibration: list[Photo], held_out: l
         f"max|dp| {max_dp:.3f}; {len(int8_blocks)} of {len(blocks)} blocks int8")
     if loss > max_dice_loss or not int8_blocks:
         out.unlink(missing_ok=True)
-        why = (f"no block can be int8 within the limit" if not int8_blocks else
+        why = ("no block can be int8 within the limit" if not int8_blocks else
                f"the int8 model loses {loss:.4f} Dice vs fp32 on held-out {worst}, above --int8-max-dice-loss "
                f"{max_dice_loss:g}, with {', '.join(kept) or 'no block'} kept in fp32")
         raise EdgeError(f"{why}; export fp32 (leave out --quantize), calibrate on your own photographs "

@@ -54,3 +54,22 @@ def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_pa
     assert lines[0].startswith("note: tvm fp32 not timed") and "held-out Dice vs fp32 worst" in lines[1]
     with pytest.raises(EdgeError, match="no 'quantization' section .* edge-export --quantize int8"):
         int8.speed(q8, pkg, threads=1)
+
+
+def test_edge_bench_of_an_int8_package_times_only_the_engines_that_run_it_as_int8(tmp_path):
+    from benchmarks.cli import main
+    from edge.package import load_package, write_package
+    from export.quantize import quantize_int8, synthetic_photos
+
+    pkg = _segmentable(tmp_path)
+    r = quantize_int8(load_package(pkg), tmp_path / "q.onnx", synthetic_photos([(1, (96, 90))]),
+                      synthetic_photos([(2, (100, 110))]), max_dice_loss=0.5, threads=1, log=lambda m: None)
+    meta = {k: v for k, v in json.loads((pkg / "meta.json").read_text()).items() if k != "files"}
+    q8 = write_package(tmp_path / "int8", {**meta, "quantization": r.meta}, {"model.onnx": r.path})
+    assert main([str(q8), "--backends", "onnxruntime,ncnn", "--images", "none", "--runs", "3", "--warmup", "1",
+                 "--threads", "1", "-o", str(tmp_path / "out")]) == 0
+    cases = {c["backend"]: c for c in json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["cases"]}
+    assert cases["onnxruntime"]["status"] == "ok"
+    # a peer converting the QDQ graph is not int8 inference (MNN returned an empty output and read 641x faster)
+    assert cases["ncnn"]["status"].startswith("unavailable: the package is int8 (ONNX Runtime QDQ); ncnn does not "
+                                              "run it as such"), cases["ncnn"]["status"]
