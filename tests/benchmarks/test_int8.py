@@ -36,8 +36,8 @@ def test_cli_refuses_unknown_method_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "unknown calibration method kl" in err[0] and "minmax" in err[0]
 
 
-def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_path):
-    from edge.errors import EdgeError
+def _int8_pair(tmp_path):
+    """The tiny fp32 package and its int8 package (the quantization section as edge-export writes it)."""
     from edge.package import load_package, write_package
     from export.quantize import quantize_int8, synthetic_photos
 
@@ -45,7 +45,12 @@ def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_pa
     r = quantize_int8(load_package(pkg), tmp_path / "q.onnx", synthetic_photos([(1, (96, 90))]),
                       synthetic_photos([(2, (100, 110))]), max_dice_loss=0.5, threads=1, log=lambda m: None)
     meta = {k: v for k, v in json.loads((pkg / "meta.json").read_text()).items() if k != "files"}
-    q8 = write_package(tmp_path / "int8", {**meta, "quantization": r.meta}, {"model.onnx": r.path})
+    return pkg, write_package(tmp_path / "int8", {**meta, "quantization": r.meta}, {"model.onnx": r.path})
+
+
+def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_path):
+    from edge.errors import EdgeError
+    pkg, q8 = _int8_pair(tmp_path)
     lines = []
     rows = int8.speed(pkg, q8, threads=1, rounds=2, runs=2, log=lines.append)
     assert [x.engine for x in rows] == ["onnxruntime fp32", "onnxruntime int8"]  # no TVM library in either
@@ -58,14 +63,7 @@ def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_pa
 
 def test_edge_bench_of_an_int8_package_times_only_the_engines_that_run_it_as_int8(tmp_path):
     from benchmarks.cli import main
-    from edge.package import load_package, write_package
-    from export.quantize import quantize_int8, synthetic_photos
-
-    pkg = _segmentable(tmp_path)
-    r = quantize_int8(load_package(pkg), tmp_path / "q.onnx", synthetic_photos([(1, (96, 90))]),
-                      synthetic_photos([(2, (100, 110))]), max_dice_loss=0.5, threads=1, log=lambda m: None)
-    meta = {k: v for k, v in json.loads((pkg / "meta.json").read_text()).items() if k != "files"}
-    q8 = write_package(tmp_path / "int8", {**meta, "quantization": r.meta}, {"model.onnx": r.path})
+    pkg, q8 = _int8_pair(tmp_path)
     assert main([str(q8), "--backends", "onnxruntime,ncnn", "--images", "none", "--runs", "3", "--warmup", "1",
                  "--threads", "1", "-o", str(tmp_path / "out")]) == 0
     cases = {c["backend"]: c for c in json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["cases"]}
