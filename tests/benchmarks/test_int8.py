@@ -50,6 +50,7 @@ def _int8_pair(tmp_path):
 
 def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_path):
     from edge.errors import EdgeError
+
     pkg, q8 = _int8_pair(tmp_path)
     lines = []
     rows = int8.speed(pkg, q8, threads=1, rounds=2, runs=2, log=lines.append)
@@ -63,7 +64,8 @@ def test_speed_times_the_int8_package_beside_fp32_and_refuses_a_plain_one(tmp_pa
 
 def test_edge_bench_of_an_int8_package_times_only_the_engines_that_run_it_as_int8(tmp_path):
     from benchmarks.cli import main
-    pkg, q8 = _int8_pair(tmp_path)
+
+    _, q8 = _int8_pair(tmp_path)
     assert main([str(q8), "--backends", "onnxruntime,ncnn", "--images", "none", "--runs", "3", "--warmup", "1",
                  "--threads", "1", "-o", str(tmp_path / "out")]) == 0
     cases = {c["backend"]: c for c in json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["cases"]}
