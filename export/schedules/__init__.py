@@ -41,7 +41,8 @@ class Report:
     scheduled: dict[str, str] = field(default_factory=dict)  # function name -> kernel kind
     failed: dict[str, str] = field(default_factory=dict)  # recognised, but the kernel did not build
     default: list[str] = field(default_factory=list)  # left to the default lowering
-    graph_rewrites: int = 0  # ops replaced before legalization (x2 upsample + concat, transposed convolutions)
+    graph_rewrites: int = 0  # ops replaced before legalization (x2 upsample + concat, transposed convolutions,
+    #                          grid sampling)
     fused: list[str] = field(default_factory=list)  # conv chains streamed row by row (export.schedules.fused)
     matches: dict = field(default_factory=dict)  # function name -> ConvMatch, as FuseTIR made them
     generic: list[str] = field(default_factory=list)  # scheduled by export.schedules.generic (after any database)
@@ -169,12 +170,16 @@ def _notice(failed: dict[str, str], what: str) -> None:
 
 def rewrite_graph(mod, target) -> tuple[object, int]:
     """Relax-level rewrites that must see op attributes (before legalization): x2 upsample + concat, and
-    transposed convolutions in sub-pixel form. Returns the module and how many ops were rewritten."""
-    from export.schedules.graph import rewrite_conv_transpose, rewrite_upsample_concat
+    transposed convolutions in sub-pixel form, bilinear grid sampling, division by a constant as a multiply.
+    Returns the module and how many ops were rewritten."""
+    from export.schedules.graph import (rewrite_constant_division, rewrite_conv_transpose, rewrite_grid_sample,
+                                        rewrite_upsample_concat)
 
     total = 0
     for what, rewrite in (("upsample+concat", lambda m: rewrite_upsample_concat(m, cpu_of(target))),
-                          ("transposed-convolution", rewrite_conv_transpose)):
+                          ("transposed-convolution", rewrite_conv_transpose),
+                          ("grid-sample", lambda m: rewrite_grid_sample(m, cpu_of(target))),
+                          ("constant-division", lambda m: (rewrite_constant_division(m)[0], 0))):  # not a kernel
         try:
             mod, n = rewrite(mod)
             total += n

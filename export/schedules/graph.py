@@ -9,7 +9,7 @@ rewriting driver (these rewrites and :mod:`export.schedules.fused` use it).
 from __future__ import annotations
 
 from export.schedules.emit import Cpu
-from export.schedules.kernels import upsample_concat
+from export.schedules.kernels import grid_sample, upsample_concat
 
 
 def rewrite_calls(mod, rewrite) -> tuple[object, int]:
@@ -178,5 +178,109 @@ def rewrite_conv_transpose(mod):
         y = relax.op.reshape(y, (1, cout, sh, sw, hq, wq))
         y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
         return relax.op.reshape(y, (1, cout, hq * sh, wq * sw))
+
+    return rewrite_calls(mod, rewrite)
+
+
+def _grid_sample_args(rw, call):
+    """(x shape, data, grid, grid layout last, align_corners) of a ``relax.image.grid_sample`` the hand-written
+    kernel computes (bilinear, zero padding, NCHW, float32, static shapes), else None. A grid that is TVM's
+    transpose of ONNX's (N, Hg, Wg, 2) is read before the transpose."""
+    from tvm import relax
+    from tvm.ir import Op
+
+    if not isinstance(call, relax.Call) or not isinstance(call.op, Op) or call.op.name != "relax.image.grid_sample":
+        return None
+    a = call.attrs
+    try:
+        ok = (str(a.method) == "bilinear" and str(a.layout) == "NCHW" and str(a.padding_mode) == "zeros")
+        align = bool(a.align_corners)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    x, g = call.args
+    xs, gs = _static_shape(x.ty), _static_shape(g.ty)
+    if not ok or xs is None or gs is None or len(xs) != 4 or len(gs) != 4 or gs[1] != 2 or gs[0] != xs[0]:
+        return None
+    src = rw.lookup_binding(g) if isinstance(g, relax.Var) else None
+    if (isinstance(src, relax.Call) and isinstance(src.op, Op) and src.op.name == "relax.permute_dims"
+            and src.attrs.axes is not None and [int(v) for v in src.attrs.axes] == [0, 3, 1, 2]
+            and _static_shape(src.args[0].ty) == (gs[0], gs[2], gs[3], 2)):
+        return xs, x, src.args[0], True, align
+    return xs, x, g, False, align
+
+
+def rewrite_grid_sample(mod, cpu: Cpu):
+    """Bilinear zero-padded grid sampling as one hand-written kernel (:func:`export.schedules.kernels.grid_sample`).
+    A sampled tensor reshaped to (B, G, C, K, Ho, Wo) and multiplied by a (B, G, 1, K, Ho, Wo) tensor (DCNv2's
+    modulation mask, :func:`models.deform.deform_conv2d`) becomes one kernel with the mask folded into the
+    bilinear weights: otherwise the mask's sigmoid is fused into the product and recomputed for every channel."""
+    from tvm import relax
+    from tvm.ir import Op
+    from tvm.script.parser.core.entry import parse
+
+    def call_kernel(rw, args, sampled, out_ty, scale=None):
+        xs, x, g, last, align = args
+        hg, wg = sampled[2], sampled[3]
+        name = "grid_sample_scaled" if scale is not None else "grid_sample"
+        func = parse(grid_sample(xs, hg, wg, last, align, scale is not None, cpu, name))
+        gv = rw.builder_.add_func(func, name)
+        ins = [x, g] + ([scale] if scale is not None else [])
+        return relax.call_tir(gv, ins, out_ty=out_ty)
+
+    def masked(rw, call):
+        if not isinstance(call.op, Op) or call.op.name != "relax.multiply":
+            return None
+        for a, b in (call.args, call.args[::-1]):
+            src = rw.lookup_binding(a) if isinstance(a, relax.Var) else None
+            if not (isinstance(src, relax.Call) and isinstance(src.op, Op) and src.op.name == "relax.reshape"):
+                continue
+            gs = rw.lookup_binding(src.args[0]) if isinstance(src.args[0], relax.Var) else None
+            args = _grid_sample_args(rw, gs)
+            sa, sb, so, sampled = (_static_shape(a.ty), _static_shape(b.ty), _static_shape(call.ty),
+                                   _static_shape(gs.ty) if args else None)
+            if args is None or None in (sa, sb, so, sampled) or len(sa) != 6 or so != sa:
+                continue
+            bb, g, c, k, ho, wo = sa
+            if sb != (bb, g, 1, k, ho, wo) or sampled != (bb * g, c, k * ho, wo):
+                continue
+            scale = relax.op.reshape(b, (bb * g, k * ho, wo))
+            out = call_kernel(rw, args, sampled, gs.ty, scale)
+            return relax.op.reshape(out, sa)
+        return None
+
+    def plain(rw, call):
+        args = _grid_sample_args(rw, call)
+        return None if args is None else call_kernel(rw, args, _static_shape(call.ty), call.ty)
+
+    mod, n_masked = rewrite_calls(mod, masked)
+    mod, n_plain = rewrite_calls(mod, plain)
+    return mod, n_masked + n_plain
+
+
+def rewrite_constant_division(mod):
+    """``x / c`` for a constant ``c`` (hard-swish's 6, an unfolded batch norm's standard deviations) becomes
+    ``x * (1 / c)``, constants folded first: a vector division costs several times a multiply (the Cortex-A72's
+    FDIV issues once per 7+ cycles and blocked the hard-swish epilogues). Within one rounding of the quotient;
+    a zero, non-finite or subnormal ``c`` keeps its division."""
+    import numpy as np
+    from tvm import relax
+    from tvm.ir import Constant, Op
+
+    mod = relax.transform.FoldConstant()(mod)
+
+    def rewrite(rw, call):
+        if not isinstance(call.op, Op) or call.op.name != "relax.divide" or _static_shape(call.ty) is None:
+            return None
+        b = call.args[1]
+        c = rw.lookup_binding(b) if isinstance(b, relax.Var) else b
+        if not isinstance(c, Constant) or str(c.value.dtype) != "float32":
+            return None
+        v = c.value.numpy().astype(np.float64)
+        with np.errstate(divide="ignore", over="ignore"):
+            r = (1.0 / v).astype(np.float32)
+        if not (np.all(np.isfinite(v)) and np.all(v != 0) and np.all(np.isfinite(r)) and np.all(r != 0)
+                and np.all(np.abs(r) >= np.finfo(np.float32).tiny)):
+            return None
+        return relax.op.multiply(call.args[0], relax.const(r))
 
     return rewrite_calls(mod, rewrite)

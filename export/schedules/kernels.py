@@ -297,3 +297,66 @@ def upsample_concat(parts: list[tuple[str, tuple[int, int, int, int]]], cpu: Cpu
                             up2_row(code, f"f{i}", f"(c - {off})", h, w, f"f{out}[{dst}", "j")
             off += n
     return code.text()
+
+
+def grid_sample(x: tuple[int, int, int, int], hg: int, wg: int, grid_last: bool, align_corners: bool,
+                scaled: bool, cpu: Cpu, name: str = "main") -> str:
+    """Bilinear grid sampling with zero padding (ONNX GridSample / ``F.grid_sample``), NCHW float32.
+
+    ``x`` is (N, C, H, W); the grid is (N, Hg, Wg, 2) when ``grid_last`` (ONNX's layout, read before TVM's
+    transpose) else (N, 2, Hg, Wg), normalised (x, y) in [-1, 1]; with ``scaled`` a further (N, Hg, Wg) input
+    multiplies every sample of all channels (DCNv2's modulation mask, folded into the four weights). A sampling
+    point's four corner offsets and weights (zero for a corner outside the map) are computed once and held in
+    registers while every channel reads them (NEON, no gathers), or, on AVX2 / AVX-512, kept in a row buffer
+    that each channel's row loop reads with gathers; TVM's default lowering recomputes them for every channel.
+    Measured on HybridNetSeg at 256: estimated (emulated A72) 923 M cycles with the default lowering, 372 M with
+    the row buffer, 338 M with registers; on x86 (AVX-512, 2 threads) the row buffer ran 1.4x faster than the
+    default, registers 1.1x slower."""
+    n_, c_, h_, w_ = x
+    shapes = [x, (n_, hg, wg, 2) if grid_last else (n_, 2, hg, wg)] + ([(n_, hg, wg)] if scaled else [])
+    shapes.append((n_, c_, hg, wg))
+    out = len(shapes) - 1
+    code = Code()
+    header(code, name, shapes)
+    gx, gy = (("((n * {hg} + r) * {wg} + j) * 2", "((n * {hg} + r) * {wg} + j) * 2 + 1") if grid_last else
+              ("(n * 2 * {hg} + r) * {wg} + j", "((n * 2 + 1) * {hg} + r) * {wg} + j"))
+    rows = cpu.lanes >= 8  # AVX2 / AVX-512: the per-channel row loop vectorises with gathers
+    with code.block(f"for nr in T.parallel({n_ * hg}):"):
+        if rows:
+            code(f'wt = T.decl_buffer(({4 * wg},), "float32", scope="local")')
+            code(f'of = T.decl_buffer(({4 * wg},), "int32", scope="local")')
+        code(f"n = nr // {hg}")
+        code(f"r = nr % {hg}")
+        with code.block(f"for j in range({wg}):"):
+            for v, size, g in (("x", w_, gx), ("y", h_, gy)):
+                g = g.format(hg=hg, wg=wg)
+                pix = (f"(f1[{g}] + T.float32(1)) * T.float32({0.5 * (size - 1)!r})" if align_corners else
+                       f"((f1[{g}] + T.float32(1)) * T.float32({size}) - T.float32(1)) * T.float32(0.5)")
+                # clamped first: far-off (or infinite) points still give both corners outside, in int32 range
+                code(f"p{v} = T.max(T.min({pix}, T.float32({size + 1})), T.float32(-2))")
+                code(f"{v}f = T.floor(p{v})")
+                code(f"a{v} = p{v} - {v}f")
+                code(f'{v}0 = T.Cast("int32", {v}f)')
+                code(f"w{v}0 = T.if_then_else({v}0 >= 0 and {v}0 < {size}, T.float32(1) - a{v}, T.float32(0))")
+                code(f"w{v}1 = T.if_then_else({v}0 >= -1 and {v}0 < {size - 1}, a{v}, T.float32(0))")
+                code(f"{v}0c = T.max(T.min({v}0, {size - 1}), 0)")
+                code(f"{v}1c = T.max(T.min({v}0 + 1, {size - 1}), 0)")
+            code(f"s = f2[(n * {hg} + r) * {wg} + j]" if scaled else "s = T.float32(1)")
+            corners = (("0", "0"), ("0", "1"), ("1", "0"), ("1", "1"))
+            for k, (yy, xx) in enumerate(corners):
+                w, o = (f"wt[{k * wg} + j]", f"of[{k * wg} + j]") if rows else (f"w{k}", f"o{k}")
+                code(f"{w} = wy{yy} * wx{xx} * s")
+                code(f"{o} = y{yy}c * {w_} + x{xx}c")
+            if not rows:
+                with code.block(f"for c in range({c_}):"):
+                    code(f"src = (n * {c_} + c) * {h_ * w_}")
+                    terms = " + ".join(f"w{k} * f0[src + o{k}]" for k in range(4))
+                    code(f"f{out}[((n * {c_} + c) * {hg} + r) * {wg} + j] = {terms}")
+        if rows:
+            with code.block(f"for c in range({c_}):"):
+                code(f"src = (n * {c_} + c) * {h_ * w_}")
+                code(f"dst = ((n * {c_} + c) * {hg} + r) * {wg}")
+                with code.block(f"for j in range({wg}):"):
+                    terms = " + ".join(f"wt[{k * wg} + j] * f0[src + of[{k * wg} + j]]" for k in range(4))
+                    code(f"f{out}[dst + j] = {terms}")
+    return code.text()

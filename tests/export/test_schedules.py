@@ -238,7 +238,9 @@ def test_grouped_convolutions_and_hard_swish_are_hand_written_and_match_onnxrunt
     assert len(convs) == 5 and not report.failed, (report.scheduled, report.default)
     assert sorted(mt.groups for mt in convs.values()) == [1, 1, 2, 3, 6]
     ops = [[(o.op, o.operand) for o in mt.epilogue] for mt in convs.values()]
-    assert any(("mul", "stage") in o and ("div", "const") in o for o in ops)  # hard-swish, read as one epilogue
+    # hard-swish, read as one epilogue, its division by 6 a multiply (rewrite_constant_division)
+    assert any(("mul", "stage") in o and ("mul", "const") in o for o in ops)
+    assert not any(op == "div" for o in ops for op, _ in o)
     assert any(("sigmoid", "none") in o for o in ops)
 
 
@@ -265,6 +267,56 @@ def test_what_nothing_else_schedules_gets_the_generic_parallel_schedule(tmp_path
     # the default lowering, on request, leaves them as legalization wrote them
     _, plain, _ = _run(m, shape, sample_input(shape, seed=7), hand_kernels=False)
     assert plain.generic == []
+
+
+class _Deformable(nn.Module):
+    """The zoo's grid sampling: HybridNetSeg's DCNv2 (offsets and a sigmoid mask from a convolution, taps moved
+    by several pixels, many of them off the map), DU-Net's per-channel offsets, and a plain
+    ``F.grid_sample`` with ``align_corners=True`` on a grid reaching past [-1, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from models.deform import ConvOffset2D, DeformConv2d
+
+        self.dcn = DeformConv2d(3, 6, 3, stride=2)
+        self.offsets = ConvOffset2D(6)
+        self.grid = nn.Conv2d(6, 2, 1)
+        _randomise(self, seed=2, scale=0.3)
+        with torch.no_grad():
+            self.dcn.conv_offset.weight.mul_(8.0)  # offsets of several pixels: corners off the map
+            self.offsets.conv.weight.mul_(8.0)
+
+    def forward(self, x):
+        a = self.offsets(self.dcn(x))
+        g = torch.tanh(self.grid(a)).permute(0, 2, 3, 1) * 1.2
+        return F.grid_sample(a, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+@pytest.mark.parametrize("hw,level", [((16, 24), None), ((11, 7), None), ((11, 7), "x86-64-v2")])
+def test_grid_sampling_is_hand_written_with_the_dcn_mask_folded_in_and_matches_onnxruntime(tmp_path, hw, level):
+    """On the host (AVX2 / AVX-512: a row buffer read with gathers) and on 4-lane SSE (the NEON form: a
+    sampling point's weights in registers, the channel loop inside)."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    if get_target("x86_64").is_cross:
+        pytest.skip("needs an x86-64 host")
+    shape = (1, 3, *hw)
+    m = _onnx(_Deformable(), shape, tmp_path)
+    raw = "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
+    (mod, _, report), target = _lowered(m, shape, raw)
+    scripts = [f.script() for gv, f in mod.functions.items() if gv.name_hint.startswith("grid_sample")]
+    assert scripts and all(("wt[" in sc) == (level is None and "avx2" in
+                                                             Path("/proc/cpuinfo").read_text()) for sc in scripts)
+    vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    x = sample_input(shape, seed=4)
+    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+    names = [gv.name_hint for gv in mod.functions]
+    assert not [n for n in report.default + list(report.failed) if "grid_sample" in n], report.default
+    assert sum(n.startswith("grid_sample_scaled") for n in names) == 1  # the DCN: mask folded in
+    assert sum(n.startswith("grid_sample") and "scaled" not in n for n in names) == 2  # DU-Net's, the plain one
+    # the mask's sigmoid is computed once per sampling point, not fused into a product over the channels
+    assert not [n for n in names if "sigmoid" in n and "multiply" in n], names
 
 
 class _Transposed(nn.Module):
