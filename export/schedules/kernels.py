@@ -7,6 +7,8 @@ PrimFunc with the original signature, so the Relax graph calls it unchanged.
 """
 from __future__ import annotations
 
+import contextlib
+
 from export.schedules.emit import (HEAP_STAGE_BYTES, STAGE_BYTES, Code, Cpu, Vec, channel_blocks, depthwise_vector,
                                    epilogue, fit_vector, header, init, register_tile, row_span, stage_rows,
                                    staged_bytes, tap, tile_start, up2_row, up2_weights)
@@ -321,6 +323,21 @@ def grid_sample(x: tuple[int, int, int, int], hg: int, wg: int, grid_last: bool,
     gx, gy = (("((n * {hg} + r) * {wg} + j) * 2", "((n * {hg} + r) * {wg} + j) * 2 + 1") if grid_last else
               ("(n * 2 * {hg} + r) * {wg} + j", "((n * 2 + 1) * {hg} + r) * {wg} + j"))
     rows = cpu.lanes >= 8  # AVX2 / AVX-512: the per-channel row loop vectorises with gathers
+    weight, offset = zip(*((f"wt[{k * wg} + j]", f"of[{k * wg} + j]") if rows else (f"w{k}", f"o{k}")
+                           for k in range(4)))
+
+    def channels() -> None:
+        """Every channel's output at sampling point ``j`` (in registers) or along row ``r`` (the row buffer)."""
+        with code.block(f"for c in range({c_}):"):
+            code(f"src = (n * {c_} + c) * {h_ * w_}")
+            dst = f"((n * {c_} + c) * {hg} + r) * {wg}"
+            if rows:
+                code(f"dst = {dst}")
+                dst = "dst"
+            terms = " + ".join(f"{weight[k]} * f0[src + {offset[k]}]" for k in range(4))
+            with code.block(f"for j in range({wg}):") if rows else contextlib.nullcontext():
+                code(f"f{out}[{dst} + j] = {terms}")
+
     with code.block(f"for nr in T.parallel({n_ * hg}):"):
         if rows:
             code(f'wt = T.decl_buffer(({4 * wg},), "float32", scope="local")')
@@ -344,19 +361,10 @@ def grid_sample(x: tuple[int, int, int, int], hg: int, wg: int, grid_last: bool,
             code(f"s = f2[(n * {hg} + r) * {wg} + j]" if scaled else "s = T.float32(1)")
             corners = (("0", "0"), ("0", "1"), ("1", "0"), ("1", "1"))
             for k, (yy, xx) in enumerate(corners):
-                w, o = (f"wt[{k * wg} + j]", f"of[{k * wg} + j]") if rows else (f"w{k}", f"o{k}")
-                code(f"{w} = wy{yy} * wx{xx} * s")
-                code(f"{o} = y{yy}c * {w_} + x{xx}c")
+                code(f"{weight[k]} = wy{yy} * wx{xx} * s")
+                code(f"{offset[k]} = y{yy}c * {w_} + x{xx}c")
             if not rows:
-                with code.block(f"for c in range({c_}):"):
-                    code(f"src = (n * {c_} + c) * {h_ * w_}")
-                    terms = " + ".join(f"w{k} * f0[src + o{k}]" for k in range(4))
-                    code(f"f{out}[((n * {c_} + c) * {hg} + r) * {wg} + j] = {terms}")
+                channels()
         if rows:
-            with code.block(f"for c in range({c_}):"):
-                code(f"src = (n * {c_} + c) * {h_ * w_}")
-                code(f"dst = ((n * {c_} + c) * {hg} + r) * {wg}")
-                with code.block(f"for j in range({wg}):"):
-                    terms = " + ".join(f"wt[{k * wg} + j] * f0[src + of[{k * wg} + j]]" for k in range(4))
-                    code(f"f{out}[dst + j] = {terms}")
+            channels()
     return code.text()
