@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from export.schedules.emit import Cpu, cpu_of
-from export.schedules.kernels import channel_tile, dense_channels, generate, packed_weight
+from export.schedules.kernels import (channel_tile, dense_channels, generate, packed_weight, winograd, winograd_plan,
+                                      winograd_weight)
 from export.schedules.match import match_conv
 
 __all__ = ["Cpu", "Report", "apply", "cpu_of", "match_conv", "rewrite_graph", "schedule_rest"]
@@ -60,6 +61,8 @@ def kernel_for(func, cpu: Cpu, const_params: frozenset = frozenset()):
     m = match_conv(func)
     if m is None:
         return None, None
+    if m.w in const_params and winograd_plan(m) is not None:
+        return replace(m, kind="winograd"), parse(winograd(m, cpu))
     if m.w in const_params and channel_tile(m, cpu) is not None:
         return replace(m, kind="dense_channels"), parse(dense_channels(m, cpu))
     src = generate(m, cpu)
@@ -89,10 +92,11 @@ def _constant_params(mod) -> dict[str, frozenset]:
     return seen
 
 
-def _pack_weights(mod, packed: dict[str, tuple[object, int]], lanes: int):
-    """Every call of a function in ``packed`` (name -> its ``dense_channels`` kernel, weight parameter) calls
-    that kernel instead, with the constant weight in the packed layout the kernel declares (a new function:
-    the old one's signature is part of its callers' types). Returns the module and old name -> new name."""
+def _pack_weights(mod, packed: dict[str, tuple[object, int, object]]):
+    """Every call of a function in ``packed`` (name -> its ``dense_channels`` / ``winograd`` kernel, weight
+    parameter, packing function) calls that kernel instead, with the constant weight in the packed layout the
+    kernel declares (a new function: the old one's signature is part of its callers' types). Returns the module
+    and old name -> new name."""
     import tvm
     from tvm import relax
 
@@ -105,11 +109,11 @@ def _pack_weights(mod, packed: dict[str, tuple[object, int]], lanes: int):
         if not call.op.same_as(call_tir) or call.args[0].name_hint not in packed:
             return None
         name = call.args[0].name_hint
-        func, i = packed[name]
+        func, i, pack = packed[name]
         if name not in added:
             added[name] = rw.builder_.add_func(func, name)
         args = list(call.args[1].fields)
-        args[i] = relax.const(packed_weight(args[i].value.numpy(), lanes))
+        args[i] = relax.const(pack(args[i].value.numpy()))
         return relax.call_tir(added[name], args, out_ty=call.ty)
 
     mod = rewrite_calls(mod, rewrite)[0]
@@ -124,7 +128,7 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
     report = Report()
     updates = {}
     const_params = _constant_params(mod)
-    packed: dict[str, tuple[object, int]] = {}  # name -> (dense_channels kernel, weight parameter)
+    packed: dict[str, tuple[object, int, object]] = {}  # name -> (kernel, weight parameter, packing)
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
@@ -144,7 +148,9 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
         for k, v in attrs.items():
             new = new.with_attr(k, v)
         if m.kind == "dense_channels":
-            packed[name] = (new, m.w)
+            packed[name] = (new, m.w, lambda w, n=cpu.lanes: packed_weight(w, n))
+        elif m.kind == "winograd":
+            packed[name] = (new, m.w, lambda w, p=winograd_plan(m): winograd_weight(w, p))
         else:
             updates[gv] = new
         report.scheduled[name] = m.kind
@@ -152,7 +158,7 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
     for gv, new in updates.items():
         mod[gv] = new
     if packed:
-        mod, renamed = _pack_weights(mod, packed, cpu.lanes)
+        mod, renamed = _pack_weights(mod, packed)
         for old, name in renamed.items():
             report.scheduled[name] = report.scheduled.pop(old)
             report.matches[name] = report.matches.pop(old)

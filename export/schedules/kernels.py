@@ -8,6 +8,7 @@ PrimFunc with the original signature, so the Relax graph calls it unchanged.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from export.schedules.emit import (HEAP_STAGE_BYTES, STAGE_BYTES, Code, Cpu, Vec, channel_blocks, depthwise_vector,
                                    epilogue, fit_vector, header, init, register_tile, row_span, stage_rows,
@@ -237,6 +238,199 @@ def dense_channels(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
                 with code.tile("p", px, V, nv):
                     sp = f"(y + r) * {Wo} + x0 + p"
                     code(f"f{m.out}[({ch}) * {Ho * Wo} + {sp}] = {epilogue(m, 'acc[p, j]', ch, sp, cpu)}")
+    return code.text()
+
+
+# ------------------------------------------------------------------------------- Winograd 3x1 / 1x3
+
+# F(m, 3) for a 3-tap correlation y[i] = sum_k g[k] d[i + k] (Lavin & Gray 2016): y = AT ((G g) * (BT d)),
+# m outputs from m + 2 multiplies instead of 3m. Points 0, 1, -1 (F(2, 3)); 0, +-1, +-2 and infinity (F(4, 3)).
+WINOGRAD = {
+    2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
+        [[1, 1, 1, 0], [0, 1, -1, -1]]),
+    4: ([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+         [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+         [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+}
+
+
+@dataclass(frozen=True)
+class WinogradPlan:
+    """How :func:`winograd` tiles a 3x1 (``axis`` "h") or 1x3 (``axis`` "w") convolution: F(``m``, 3) along the
+    kernel's axis. With dilation ``d`` a tile's outputs are ``d`` apart: tile q starts at
+    (q // d) * m * d + q % d, and ``tiles`` of them cover the ``n`` outputs (those starting past the end are
+    skipped, or computed on zeros and not stored)."""
+
+    axis: str
+    m: int
+    d: int
+    pad: int
+    n: int  # outputs along the axis
+    tiles: int
+
+    def start(self, q: str) -> str:
+        return f"({q} // {self.d}) * {self.m * self.d} + {q} % {self.d}" if self.d > 1 else f"{q} * {self.m}"
+
+
+def winograd_plan(m: ConvMatch) -> WinogradPlan | None:
+    """The cheapest F(m, 3) for a stride-1, ungrouped 3x1 or 1x3 convolution of at least 16 channels in and out
+    (1x3: 32, its gathered input and scattered output cost more per channel; measured on ERFNet's 16-channel
+    1x3s, estimated (emulated A72): 7.3 M cycles direct, 8.5 M Winograd), None when none needs under 3/4 of
+    the direct kernel's multiply-adds (counting the outputs a tile computes past the border: a dilation of 16
+    on a 32-px row leaves half of F(4, 3)'s tiles empty)."""
+    if m.kind not in ("dense", "winograd") or m.groups != 1 or (m.sh, m.sw) != (1, 1) or min(m.cin, m.cout) < 16:
+        return None
+    if (m.kh, m.kw, m.pw, m.dil_w) == (3, 1, 0, 1) and m.wo == m.wd:
+        axis, d, pad, n = "h", m.dil_h, m.ph, m.ho
+    elif (m.kh, m.kw, m.ph, m.dil_h) == (1, 3, 0, 1) and m.ho == m.h and min(m.cin, m.cout) >= 32:
+        axis, d, pad, n = "w", m.dil_w, m.pw, m.wo
+    else:
+        return None
+    best = None
+    for mt in WINOGRAD:
+        tiles = -(-n // (mt * d)) * d
+        used = sum(1 for q in range(tiles) if (q // d) * mt * d + q % d < n) if axis == "h" else tiles
+        cost = used * (mt + 2)
+        if cost <= 0.75 * 3 * n and (best is None or cost < best[0]):
+            best = (cost, WinogradPlan(axis, mt, d, pad, n, tiles))
+    return None if best is None else best[1]
+
+
+def winograd_weight(w, plan: WinogradPlan):
+    """(Cout, Cin, 3, 1) or (Cout, Cin, 1, 3) -> (m + 2, Cout, Cin): G g for every filter, the weight
+    :func:`winograd` reads (computed in float64)."""
+    import numpy as np
+
+    g = np.asarray(WINOGRAD[plan.m][1], dtype=np.float64)
+    co, ci = w.shape[:2]
+    return np.ascontiguousarray(np.einsum("tk,ock->toc", g, w.reshape(co, ci, 3).astype(np.float64))
+                                .astype(np.float32))
+
+
+def _lin(coefs, terms) -> str:
+    """sum c * term over the nonzero coefficients, as TVMScript (+-1 without a multiply)."""
+    out = []
+    for c, t in zip(coefs, terms):
+        if c == 0:
+            continue
+        s = "-" if c < 0 else "+"
+        out.append((s, t if abs(c) == 1 else f"T.float32({float(abs(c))!r}) * {t}"))
+    if not out:
+        return "T.float32(0)"
+    text = ("-" if out[0][0] == "-" else "") + out[0][1]
+    return text + "".join(f" {s} {t}" for s, t in out[1:])
+
+
+def winograd(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
+    """A 3x1 or 1x3 convolution (ERFNet's factorised blocks, dilated or not) by Winograd's F(m, 3) along the
+    kernel's axis (:func:`winograd_plan`): per tile, every input channel's m + 2 rows (3x1: whole rows, a vector
+    per pixel chunk; 1x3: gathered per tile, the tiles of a row are the vector lanes) are transformed (BT), then
+    for each of the m + 2 points a GEMM over the input channels with the transformed weight
+    (:func:`winograd_weight`, packed at compile time), in the pointwise kernel's register tile, and the inverse
+    transform (AT) gives the m outputs, epilogue applied: (m + 2) / 3m of the direct kernel's multiply-adds."""
+    plan = winograd_plan(m)
+    if plan is None:
+        return None
+    BT, _, AT = WINOGRAD[plan.m]
+    nt, mt, d = plan.m + 2, plan.m, plan.d
+    K, M, H, W, Ho, Wo = m.cin, m.cout, m.h, m.wd, m.ho, m.wo
+    rows_axis = plan.axis == "h"
+    cb, kk = register_tile(cpu)
+    if rows_axis:  # pixels of a row in chunks whose transformed input (one point) stays in L1: 16 KB
+        pc = Wo if Wo <= 4096 // K else max(cpu.lanes, (4096 // K) // cpu.lanes * cpu.lanes)
+        P = pc
+    else:
+        P = plan.tiles
+    v, kk = fit_vector(P, cpu.lanes, kk)
+    sw = v * kk
+    cb = min(cb, M)
+    nxt = -(-P // sw)
+    vbytes = 4 * nt * K * P
+    scope = "local" if vbytes <= STAGE_BYTES else "global"
+    shapes = list(m.shapes)
+    shapes[m.w] = (nt, M, K)
+    code = Code()
+    header(code, name, shapes)
+    x, w, o = f"f{m.x}", f"f{m.w}", f"f{m.out}"
+    first = init(m, "ch")
+
+    def value(ch: str, expr: str) -> str:
+        return expr if first == "T.float32(0)" else f"({expr} + {init(m, ch)})"
+
+    if rows_axis:
+        nchunk = -(-Wo // pc)
+        loop = f"for qc in T.parallel({plan.tiles * nchunk}):"
+    else:
+        loop = f"for y in T.parallel({Ho}):"
+    with code.block(loop):
+        code(f'V = T.decl_buffer(({nt * K * P},), "float32", scope="{scope}")')
+        code(f'D = T.decl_buffer(({nt * P},), "float32", scope="local")')
+        if rows_axis:
+            code(f"q = qc // {nchunk}" if nchunk > 1 else "q = qc")
+            code(f"s = {plan.start('q')}")
+            code(f"c0 = {tile_start(f'(qc % {nchunk})', pc, Wo)}" if nchunk > 1 else "c0 = 0")
+        body = code.block("if s < " + str(Ho) + ":") if rows_axis else contextlib.nullcontext()
+        with body:
+            with code.block(f"for ci in range({K}):"):
+                if rows_axis:  # the tile's input rows s - pad + k d, zero outside the image
+                    with code.block(f"for k in T.unroll({nt}):"):
+                        code(f"iy = s - {plan.pad} + k * {d}")
+                        with code.block(f"if iy >= 0 and iy < {H}:"):
+                            with code.block(f"for j in T.vectorized({P}):"):
+                                code(f"D[k * {P} + j] = {x}[(ci * {H} + iy) * {W} + c0 + j]")
+                        with code.block("else:"):
+                            with code.block(f"for j in T.vectorized({P}):"):
+                                code(f"D[k * {P} + j] = T.float32(0)")
+                else:  # tile q's input columns start(q) - pad + k d, gathered (the tiles are the lanes)
+                    with code.block(f"for q in range({P}):"):
+                        code(f"s = {plan.start('q')}")
+                        with code.block(f"for k in T.unroll({nt}):"):
+                            code(f"ix = s - {plan.pad} + k * {d}")
+                            code(f"D[k * {P} + q] = T.if_then_else(ix >= 0 and ix < {W}, "
+                                 f"{x}[(ci * {H} + y) * {W} + T.max(T.min(ix, {W - 1}), 0)], T.float32(0))")
+                for t in range(nt):
+                    with code.block(f"for j in T.vectorized({P}):"):
+                        code(f"V[({t} * {K} + ci) * {P} + j] = "
+                             + _lin(BT[t], [f"D[{k} * {P} + j]" for k in range(nt)]))
+            for m0, nrow, nblk in channel_blocks(M, cb):
+                mv = "mo" if nblk > 1 else "0"
+                ch = f"{m0} + {mv} * {cb} + i"
+                with code.block(f"for mo in range({nblk}):" if nblk > 1 else "if True:"):
+                    with code.block(f"for xt in range({nxt}):"):
+                        code(f"x0 = {tile_start('xt', sw, P)}")
+                        code(f'U = T.decl_buffer(({nt * nrow * sw},), "float32", scope="local")')
+                        with code.block(f"for t in range({nt}):"):
+                            code(f'acc = T.decl_buffer(({nrow}, {sw}), "float32", scope="local")')
+                            with code.tile("i", nrow, v, kk):
+                                code("acc[i, j] = T.float32(0)")
+                            with code.block(f"for ci in range({K}):"):
+                                with code.block(f"for i in T.unroll({nrow}):"), Vec(code, v, kk):
+                                    code(f"acc[i, j] = acc[i, j] + V[(t * {K} + ci) * {P} + x0 + j] * "
+                                         f"{w}[(t * {M} + {ch}) * {K} + ci]")
+                            with code.tile("i", nrow, v, kk):
+                                code(f"U[(t * {nrow} + i) * {sw} + j] = acc[i, j]")
+                        if rows_axis:
+                            for r in range(mt):
+                                with code.block(f"if s + {r * d} < {Ho}:"), code.tile("i", nrow, v, kk):
+                                    sp = f"(s + {r * d}) * {Wo} + c0 + x0 + j"
+                                    y = _lin(AT[r], [f"U[({t} * {nrow} + i) * {sw} + j]" for t in range(nt)])
+                                    code(f"{o}[({ch}) * {Ho * Wo} + {sp}] = "
+                                         f"{epilogue(m, value(ch, y), ch, sp, cpu)}")
+                        else:
+                            code(f'Y = T.decl_buffer(({mt * nrow * sw},), "float32", scope="local")')
+                            for r in range(mt):
+                                with code.tile("i", nrow, v, kk):
+                                    y = _lin(AT[r], [f"U[({t} * {nrow} + i) * {sw} + j]" for t in range(nt)])
+                                    code(f"Y[({r} * {nrow} + i) * {sw} + j] = {y}")
+                            with code.block(f"for i in T.unroll({nrow}):"), code.block(f"for r in range({mt}):"):
+                                with code.block(f"for jj in range({sw}):"):
+                                    code(f"xx = {plan.start('(x0 + jj)')} + r * {d}")
+                                    with code.block(f"if xx < {Wo}:"):
+                                        sp = f"y * {Wo} + xx"
+                                        code(f"{o}[({ch}) * {Ho * Wo} + {sp}] = {epilogue(m, value(ch, f'Y[(r * {nrow} + i) * {sw} + jj]'), ch, sp, cpu)}")
     return code.text()
 
 

@@ -156,7 +156,7 @@ def _randomise(net: nn.Module, seed: int, scale: float) -> None:
 
 class _Deep(nn.Module):
     """A U-Net's deep, narrow end: dense 3x3 convolutions over 16-32 channels on rows shorter than six vectors
-    (stride 1 and 2, BN folded, a residual add, a dilated 3x1), the layers that
+    (stride 1 and 2, BN folded, a residual add, rows dilated), the layers that
     export.schedules.kernels.dense_channels takes."""
 
     def __init__(self) -> None:
@@ -165,7 +165,7 @@ class _Deep(nn.Module):
         self.c2 = nn.Conv2d(32, 32, 3, 2, 1)
         self.c3 = nn.Conv2d(32, 32, 3, 1, 1)
         self.c4 = nn.Conv2d(32, 16, 3, 1, 1)
-        self.d = nn.Conv2d(16, 16, (3, 1), 1, (2, 0), dilation=(2, 1))  # one output row per pass
+        self.d = nn.Conv2d(16, 16, 3, 1, (2, 1), dilation=(2, 1))  # one output row per pass
         self.out = nn.Conv2d(16, 1, 1)
         _randomise(self, seed=3, scale=0.2)
 
@@ -197,10 +197,74 @@ def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxr
     consts = [c.value.shape for c in _constants(mod) if hasattr(c.value, "shape") and len(c.value.shape) == 5]
     assert sorted(consts) == sorted([(32 // lanes, 16, 3, 3, lanes), (32 // lanes, 32, 3, 3, lanes),
                                      (32 // lanes, 32, 3, 3, lanes), (16 // lanes, 32, 3, 3, lanes),
-                                     (16 // lanes, 16, 3, 1, lanes)])
+                                     (16 // lanes, 16, 3, 3, lanes)])
     vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     x = sample_input(shape, seed=8)
     assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+
+
+class _Factorised(nn.Module):
+    """ERFNet's non-bottleneck-1D blocks: 3x1 then 1x3 convolutions, BN folded, ReLU, dilated 1-8 along each
+    axis, a residual add in the last epilogue; sizes that divide no Winograd tile (the last tiles run past the
+    border, a dilation of 8 leaves tiles empty) and a 1x3 to 8 channels (too few: the direct kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        c = 32
+        self.inp = nn.Conv2d(8, c, 1)
+        self.blocks = nn.ModuleList()
+        for d in (1, 2, 8):
+            self.blocks.append(nn.ModuleList([nn.Conv2d(c, c, (3, 1), padding=(d, 0), dilation=(d, 1)),
+                                              nn.Conv2d(c, c, (1, 3), padding=(0, d), dilation=(1, d)),
+                                              nn.BatchNorm2d(c)]))
+        self.small = nn.Conv2d(c, 8, (1, 3), padding=(0, 1))
+        _randomise(self, seed=5, scale=0.2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for a, b, bn in self.blocks:
+            x = F.relu(bn(b(F.relu(a(x)))) + x)
+        return self.small(x)
+
+
+@pytest.mark.parametrize("level", [None, "x86-64-v2"])
+def test_factorised_convolutions_run_as_winograd_and_match_onnxruntime(tmp_path, level):
+    """Every 3x1 / 1x3 of 16+ channels is a Winograd kernel (the host's vectors, then SSE's 4 lanes, NEON's
+    width), its call passes the transformed weight (m + 2, Cout, Cin), and the output is ONNX Runtime's."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from export.schedules.kernels import WINOGRAD, winograd_plan
+
+    if get_target("x86_64").is_cross:
+        pytest.skip("needs an x86-64 host")
+    shape = (1, 8, 23, 37)
+    m = _onnx(_Factorised(), shape, tmp_path)
+    raw = "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
+    (mod, _, report), target = _lowered(m, shape, raw)
+    kinds = sorted(k for n, k in report.scheduled.items() if "conv2d" in n)
+    assert kinds.count("winograd") == 5 and not report.failed, report.scheduled
+    plans = [winograd_plan(mt) for mt in report.matches.values() if mt.kind == "winograd"]
+    # the 1x3 dilated 8 on 37 columns stays direct: its tiles (the lanes) would compute 96 outputs for 37
+    assert sorted((p.axis, p.d, p.m) for p in plans) == [("h", 1, 4), ("h", 2, 4), ("h", 8, 4), ("w", 1, 4),
+                                                         ("w", 2, 4)]
+    consts = sorted(c.value.shape for c in _constants(mod) if hasattr(c.value, "shape") and len(c.value.shape) == 3
+                    and c.value.shape[0] - 2 in WINOGRAD)
+    assert consts == [(6, 32, 32)] * 5, consts
+    vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    x = sample_input(shape, seed=8)
+    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+
+
+def test_winograd_transforms_compute_a_three_tap_correlation():
+    """AT ((G g) * (BT d)) is y[i] = sum_k g[k] d[i + k] for every F(m, 3) the kernel uses."""
+    from export.schedules.kernels import WINOGRAD
+
+    rng = np.random.default_rng(0)
+    for mt, (bt, g, at) in WINOGRAD.items():
+        w, d = rng.standard_normal(3), rng.standard_normal(mt + 2)
+        y = np.asarray(at) @ ((np.asarray(g) @ w) * (np.asarray(bt) @ d))
+        assert np.allclose(y, [w @ d[i:i + 3] for i in range(mt)], atol=1e-12), mt
 
 
 def _constants(mod) -> list:
