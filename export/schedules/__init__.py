@@ -61,7 +61,7 @@ def kernel_for(func, cpu: Cpu, const_params: frozenset = frozenset()):
     m = match_conv(func)
     if m is None:
         return None, None
-    if m.w in const_params and winograd_plan(m) is not None:
+    if m.w in const_params and winograd_plan(m, cpu) is not None:
         return replace(m, kind="winograd"), parse(winograd(m, cpu))
     if m.w in const_params and channel_tile(m, cpu) is not None:
         return replace(m, kind="dense_channels"), parse(dense_channels(m, cpu))
@@ -150,7 +150,7 @@ def apply(mod, target, log=None) -> tuple[object, Report]:
         if m.kind == "dense_channels":
             packed[name] = (new, m.w, lambda w, n=cpu.lanes: packed_weight(w, n))
         elif m.kind == "winograd":
-            packed[name] = (new, m.w, lambda w, p=winograd_plan(m): winograd_weight(w, p))
+            packed[name] = (new, m.w, lambda w, p=winograd_plan(m, cpu): winograd_weight(w, p))
         else:
             updates[gv] = new
         report.scheduled[name] = m.kind

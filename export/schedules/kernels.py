@@ -262,7 +262,8 @@ class WinogradPlan:
     """How :func:`winograd` tiles a 3x1 (``axis`` "h") or 1x3 (``axis`` "w") convolution: F(``m``, 3) along the
     kernel's axis. With dilation ``d`` a tile's outputs are ``d`` apart: tile q starts at
     (q // d) * m * d + q % d, and ``tiles`` of them cover the ``n`` outputs (those starting past the end are
-    skipped, or computed on zeros and not stored)."""
+    skipped, or computed on zeros and not stored). The GEMMs run over ``P`` pixels: a chunk of a row (3x1, the
+    row in ``chunks`` equal parts) or the tiles of a row (1x3: one lane each)."""
 
     axis: str
     m: int
@@ -270,17 +271,27 @@ class WinogradPlan:
     pad: int
     n: int  # outputs along the axis
     tiles: int
+    P: int
+    chunks: int = 1
 
     def start(self, q: str) -> str:
         return f"({q} // {self.d}) * {self.m * self.d} + {q} % {self.d}" if self.d > 1 else f"{q} * {self.m}"
 
 
-def winograd_plan(m: ConvMatch) -> WinogradPlan | None:
+def _lane_use(n: int, cpu: Cpu, dense: bool = False) -> float:
+    """Share of the computed pixels that are real when a kernel's register tiles (pixel vectors) cover ``n``:
+    the last tile shifts back over pixels already computed."""
+    v, kk = fit_vector(n, cpu.lanes, register_tile(cpu, dense)[1])
+    return n / (-(-n // (v * kk)) * v * kk)
+
+
+def winograd_plan(m: ConvMatch, cpu: Cpu) -> WinogradPlan | None:
     """The cheapest F(m, 3) for a stride-1, ungrouped 3x1 or 1x3 convolution of at least 16 channels in and out
     (1x3: 32, its gathered input and scattered output cost more per channel; measured on ERFNet's 16-channel
     1x3s, estimated (emulated A72): 7.3 M cycles direct, 8.5 M Winograd), None when none needs under 3/4 of
-    the direct kernel's multiply-adds (counting the outputs a tile computes past the border: a dilation of 16
-    on a 32-px row leaves half of F(4, 3)'s tiles empty)."""
+    the direct kernel's multiply-adds. Both counts take in the outputs computed and not stored: a tile past
+    the border (a dilation of 16 on a 32-px row leaves half of F(4, 3)'s tiles empty) and the lanes of the
+    last pixel vectors (on AVX-512, 17 tiles of a 68-px row fill two 16-lane vectors)."""
     if m.kind not in ("dense", "winograd") or m.groups != 1 or (m.sh, m.sw) != (1, 1) or min(m.cin, m.cout) < 16:
         return None
     if (m.kh, m.kw, m.pw, m.dil_w) == (3, 1, 0, 1) and m.wo == m.wd:
@@ -289,13 +300,18 @@ def winograd_plan(m: ConvMatch) -> WinogradPlan | None:
         axis, d, pad, n = "w", m.dil_w, m.pw, m.wo
     else:
         return None
+    direct = 3 * n / (1.0 if channel_tile(m, cpu) is not None else _lane_use(m.wo, cpu, dense=True))
+    # a row in equal chunks, one point's transformed input within 64 KB (every block of output channels
+    # sweeps it): unequal chunks of 64 px made ERFNet 544's 136-px rows 192
+    chunks = -(-m.wo // max(cpu.lanes, 16384 // m.cin)) if axis == "h" else 1
     best = None
     for mt in WINOGRAD:
         tiles = -(-n // (mt * d)) * d
         used = sum(1 for q in range(tiles) if (q // d) * mt * d + q % d < n) if axis == "h" else tiles
-        cost = used * (mt + 2)
-        if cost <= 0.75 * 3 * n and (best is None or cost < best[0]):
-            best = (cost, WinogradPlan(axis, mt, d, pad, n, tiles))
+        P = -(-m.wo // chunks) if axis == "h" else tiles
+        cost = used * (mt + 2) / _lane_use(P, cpu)
+        if cost <= 0.75 * direct and (best is None or cost < best[0]):
+            best = (cost, WinogradPlan(axis, mt, d, pad, n, tiles, P, chunks))
     return None if best is None else best[1]
 
 
@@ -331,7 +347,7 @@ def winograd(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     for each of the m + 2 points a GEMM over the input channels with the transformed weight
     (:func:`winograd_weight`, packed at compile time), in the pointwise kernel's register tile, and the inverse
     transform (AT) gives the m outputs, epilogue applied: (m + 2) / 3m of the direct kernel's multiply-adds."""
-    plan = winograd_plan(m)
+    plan = winograd_plan(m, cpu)
     if plan is None:
         return None
     BT, _, AT = WINOGRAD[plan.m]
@@ -339,11 +355,8 @@ def winograd(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     K, M, H, W, Ho, Wo = m.cin, m.cout, m.h, m.wd, m.ho, m.wo
     rows_axis = plan.axis == "h"
     cb, kk = register_tile(cpu)
-    if rows_axis:  # pixels of a row in chunks whose transformed input (one point) stays in L1: 16 KB
-        pc = Wo if Wo <= 4096 // K else max(cpu.lanes, (4096 // K) // cpu.lanes * cpu.lanes)
-        P = pc
-    else:
-        P = plan.tiles
+    P = pc = plan.P
+    nchunk = plan.chunks
     v, kk = fit_vector(P, cpu.lanes, kk)
     sw = v * kk
     cb = min(cb, M)
@@ -361,7 +374,6 @@ def winograd(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
         return expr if first == "T.float32(0)" else f"({expr} + {init(m, ch)})"
 
     if rows_axis:
-        nchunk = -(-Wo // pc)
         loop = f"for qc in T.parallel({plan.tiles * nchunk}):"
     else:
         loop = f"for y in T.parallel({Ho}):"

@@ -206,7 +206,7 @@ def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxr
 class _Factorised(nn.Module):
     """ERFNet's non-bottleneck-1D blocks: 3x1 then 1x3 convolutions, BN folded, ReLU, dilated 1-8 along each
     axis, a residual add in the last epilogue; sizes that divide no Winograd tile (the last tiles run past the
-    border, a dilation of 8 leaves tiles empty) and a 1x3 to 8 channels (too few: the direct kernel)."""
+    border, a dilation of 8 on 23 rows leaves tiles empty) and a 1x3 to 8 channels (too few: the direct kernel)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -234,23 +234,25 @@ def test_factorised_convolutions_run_as_winograd_and_match_onnxruntime(tmp_path,
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
+    from export.schedules import cpu_of
     from export.schedules.kernels import WINOGRAD, winograd_plan
 
     if get_target("x86_64").is_cross:
         pytest.skip("needs an x86-64 host")
-    shape = (1, 8, 23, 37)
+    shape = (1, 8, 23, 61)
     m = _onnx(_Factorised(), shape, tmp_path)
     raw = "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
     (mod, _, report), target = _lowered(m, shape, raw)
-    kinds = sorted(k for n, k in report.scheduled.items() if "conv2d" in n)
-    assert kinds.count("winograd") == 5 and not report.failed, report.scheduled
-    plans = [winograd_plan(mt) for mt in report.matches.values() if mt.kind == "winograd"]
-    # the 1x3 dilated 8 on 37 columns stays direct: its tiles (the lanes) would compute 96 outputs for 37
-    assert sorted((p.axis, p.d, p.m) for p in plans) == [("h", 1, 4), ("h", 2, 4), ("h", 8, 4), ("w", 1, 4),
-                                                         ("w", 2, 4)]
+    assert not report.failed, report.failed
+    plans = sorted((p.axis, p.d, p.m) for p in (winograd_plan(mt, cpu_of(target)) for mt in report.matches.values()
+                                                if mt.kind == "winograd"))
+    if cpu_of(target).lanes == 4:
+        assert plans == [(a, d, 4) for a in "hw" for d in (1, 2, 8)], plans
+    else:  # 16 / 8 lanes: rows of 61 px are dense_channels kernels, cheaper where tiles leave lanes empty
+        assert plans, report.scheduled
     consts = sorted(c.value.shape for c in _constants(mod) if hasattr(c.value, "shape") and len(c.value.shape) == 3
                     and c.value.shape[0] - 2 in WINOGRAD)
-    assert consts == [(6, 32, 32)] * 5, consts
+    assert consts == [(6, 32, 32)] * len(plans), consts
     vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     x = sample_input(shape, seed=8)
     assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
