@@ -1,7 +1,7 @@
 """Hand-written CPU kernels for the fused TIR functions TVM's Relax CPU path leaves unscheduled.
 
 ``apply(mod, target)`` replaces every fused PrimFunc it recognises (convolution + bias / clip / residual
-epilogue: 1x1, depthwise, small dense KxK) with a vectorised, register-tiled, parallel kernel marked
+epilogue: 1x1, depthwise, small dense KxK; 3x1 / 1x3 by Winograd) with a vectorised, register-tiled, parallel kernel marked
 ``tirx.is_scheduled`` (a deep, narrow dense KxK with a constant weight: vectorised over output channels, the
 weight repacked at compile time, its calls given the packed constant); anything it does not recognise keeps
 TVM's default lowering. The kernels take their vector width from the target (4 lanes NEON, 8 AVX2,
@@ -55,14 +55,16 @@ class Report:
 
 def kernel_for(func, cpu: Cpu, const_params: frozenset = frozenset()):
     """The hand-written PrimFunc computing ``func``, None when it is not recognised. ``const_params``: the
-    parameters every call passes a constant (a weight there may be repacked: kind ``dense_channels``)."""
+    parameters every call passes a constant (a weight there may be repacked: kinds ``winograd`` and
+    ``dense_channels``)."""
     from tvm.script.parser.core.entry import parse
 
     m = match_conv(func)
     if m is None:
         return None, None
-    if m.w in const_params and winograd_plan(m, cpu) is not None:
-        return replace(m, kind="winograd"), parse(winograd(m, cpu))
+    plan = winograd_plan(m, cpu) if m.w in const_params else None
+    if plan is not None:
+        return replace(m, kind="winograd"), parse(winograd(m, cpu, plan))
     if m.w in const_params and channel_tile(m, cpu) is not None:
         return replace(m, kind="dense_channels"), parse(dense_channels(m, cpu))
     src = generate(m, cpu)

@@ -340,16 +340,14 @@ def _lin(coefs, terms) -> str:
     return text + "".join(f" {s} {t}" for s, t in out[1:])
 
 
-def winograd(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
+def winograd(m: ConvMatch, cpu: Cpu, plan: WinogradPlan, name: str = "main") -> str:
     """A 3x1 or 1x3 convolution (ERFNet's factorised blocks, dilated or not) by Winograd's F(m, 3) along the
     kernel's axis (:func:`winograd_plan`): per tile, every input channel's m + 2 rows (3x1: whole rows, a vector
     per pixel chunk; 1x3: gathered per tile, the tiles of a row are the vector lanes) are transformed (BT), then
     for each of the m + 2 points a GEMM over the input channels with the transformed weight
     (:func:`winograd_weight`, packed at compile time), in the pointwise kernel's register tile, and the inverse
-    transform (AT) gives the m outputs, epilogue applied: (m + 2) / 3m of the direct kernel's multiply-adds."""
-    plan = winograd_plan(m, cpu)
-    if plan is None:
-        return None
+    transform (AT) gives the m outputs, epilogue applied: (m + 2) / 3m of the direct kernel's multiply-adds.
+    ``plan``: :func:`winograd_plan` of ``m``."""
     BT, _, AT = WINOGRAD[plan.m]
     nt, mt, d = plan.m + 2, plan.m, plan.d
     K, M, H, W, Ho, Wo = m.cin, m.cout, m.h, m.wd, m.ho, m.wo
@@ -368,10 +366,12 @@ def winograd(m: ConvMatch, cpu: Cpu, name: str = "main") -> str | None:
     code = Code()
     header(code, name, shapes)
     x, w, o = f"f{m.x}", f"f{m.w}", f"f{m.out}"
-    first = init(m, "ch")
 
     def value(ch: str, expr: str) -> str:
-        return expr if first == "T.float32(0)" else f"({expr} + {init(m, ch)})"
+        """The output before the epilogue: the bias :func:`init` would have folded into an accumulator added
+        here (a transformed sum cannot start from it), so that :func:`epilogue` skips it as usual."""
+        bias = init(m, ch)
+        return expr if bias == "T.float32(0)" else f"({expr} + {bias})"
 
     if rows_axis:
         loop = f"for qc in T.parallel({plan.tiles * nchunk}):"
