@@ -1,11 +1,11 @@
 """Hand-written CPU kernels for the fused TIR functions TVM's Relax CPU path leaves unscheduled.
 
 ``apply(mod, target)`` replaces every fused PrimFunc it recognises (convolution + bias / clip / residual
-epilogue: 1x1, depthwise, small dense KxK; 3x1 / 1x3 by Winograd) with a vectorised, register-tiled, parallel kernel marked
-``tirx.is_scheduled`` (a deep, narrow dense KxK with a constant weight: vectorised over output channels, the
-weight repacked at compile time, its calls given the packed constant); anything it does not recognise keeps
-TVM's default lowering. The kernels take their vector width from the target (4 lanes NEON, 8 AVX2,
-16 AVX-512), so one code path serves the Cortex-A72 and x86.
+epilogue: 1x1, depthwise, small dense KxK; 3x1 / 1x3 / 3x3 by Winograd) with a vectorised, register-tiled,
+parallel kernel marked ``tirx.is_scheduled`` (a deep, narrow dense KxK with a constant weight: vectorised over
+output channels, the weight repacked at compile time, its calls given the packed constant); anything it does
+not recognise keeps TVM's default lowering. The kernels take their vector width from the target (4 lanes NEON,
+8 AVX2, 16 AVX-512), so one code path serves the Cortex-A72 and x86.
 
 The modules, and what imports what (arrows one way; no module imports another's private names):
 

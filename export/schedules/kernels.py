@@ -263,7 +263,8 @@ class WinogradPlan:
     kernel's axis. With dilation ``d`` a tile's outputs are ``d`` apart: tile q starts at
     (q // d) * m * d + q % d, and ``tiles`` of them cover the ``n`` outputs (those starting past the end are
     skipped, or computed on zeros and not stored). The GEMMs run over ``P`` pixels: a chunk of a row (3x1, the
-    row in ``chunks`` equal parts) or the tiles of a row (1x3: one lane each)."""
+    row in ``chunks`` equal parts) or the tiles of a row (1x3: one lane each). A 3x3 is a 3x1 with ``kw`` = 3
+    columns ``dw`` apart: Winograd down the rows, the three column taps summed in the GEMM."""
 
     axis: str
     m: int
@@ -273,6 +274,8 @@ class WinogradPlan:
     tiles: int
     P: int
     chunks: int = 1
+    kw: int = 1  # axis "h": the kernel's columns (3x1: 1, 3x3: 3), dw apart, (kw - 1) * dw / 2 padded
+    dw: int = 1
 
     def start(self, q: str) -> str:
         return f"({q} // {self.d}) * {self.m * self.d} + {q} % {self.d}" if self.d > 1 else f"{q} * {self.m}"
@@ -286,21 +289,24 @@ def _lane_use(n: int, cpu: Cpu, dense: bool = False) -> float:
 
 
 def winograd_plan(m: ConvMatch, cpu: Cpu) -> WinogradPlan | None:
-    """The cheapest F(m, 3) for a stride-1, ungrouped 3x1 or 1x3 convolution of at least 16 channels in and out
-    (1x3: 32, its gathered input and scattered output cost more per channel; measured on ERFNet's 16-channel
-    1x3s, estimated (emulated A72): 7.3 M cycles direct, 8.5 M Winograd), None when none needs under 3/4 of
-    the direct kernel's multiply-adds. Both counts take in the outputs computed and not stored: a tile past
+    """The cheapest F(m, 3) for a stride-1, ungrouped 3x1, 3x3 (along its rows) or 1x3 convolution of at least
+    16 channels in and out, 'same' padded along the row (1x3: 32, its gathered input and scattered output cost
+    more per channel; measured on ERFNet's 16-channel 1x3s, estimated (emulated A72): 7.3 M cycles direct,
+    8.5 M Winograd), None when none needs under 3/4 of the direct kernel's multiply-adds (a 3x3: 3 (m + 2) / m
+    per output against 9, with dense_channels' full vectors where that applies: ahead of it on U-Net 544's
+    34- and 68-px rows too, measured on x86). Both counts take in the outputs computed and not stored: a tile past
     the border (a dilation of 16 on a 32-px row leaves half of F(4, 3)'s tiles empty) and the lanes of the
     last pixel vectors (on AVX-512, 17 tiles of a 68-px row fill two 16-lane vectors)."""
     if m.kind not in ("dense", "winograd") or m.groups != 1 or (m.sh, m.sw) != (1, 1) or min(m.cin, m.cout) < 16:
         return None
-    if (m.kh, m.kw, m.pw, m.dil_w) == (3, 1, 0, 1) and m.wo == m.wd:
+    if m.kh == 3 and m.kw in (1, 3) and 2 * m.pw == (m.kw - 1) * m.dil_w and m.wo == m.wd:
         axis, d, pad, n = "h", m.dil_h, m.ph, m.ho
     elif (m.kh, m.kw, m.ph, m.dil_h) == (1, 3, 0, 1) and m.ho == m.h and min(m.cin, m.cout) >= 32:
         axis, d, pad, n = "w", m.dil_w, m.pw, m.wo
     else:
         return None
-    direct = 3 * n / (1.0 if channel_tile(m, cpu) is not None else _lane_use(m.wo, cpu, dense=True))
+    kw = m.kw if axis == "h" else 1
+    direct = 3 * kw * n / (1.0 if channel_tile(m, cpu) is not None else _lane_use(m.wo, cpu, dense=True))
     # a row in equal chunks, one point's transformed input within 64 KB (every block of output channels
     # sweeps it): unequal chunks of 64 px made ERFNet 544's 136-px rows 192
     chunks = -(-m.wo // max(cpu.lanes, 16384 // m.cin)) if axis == "h" else 1
@@ -309,21 +315,22 @@ def winograd_plan(m: ConvMatch, cpu: Cpu) -> WinogradPlan | None:
         tiles = -(-n // (mt * d)) * d
         used = sum(1 for q in range(tiles) if (q // d) * mt * d + q % d < n) if axis == "h" else tiles
         P = -(-m.wo // chunks) if axis == "h" else tiles
-        cost = used * (mt + 2) / _lane_use(P, cpu)
+        cost = used * (mt + 2) * kw / _lane_use(P, cpu)
         if cost <= 0.75 * direct and (best is None or cost < best[0]):
-            best = (cost, WinogradPlan(axis, mt, d, pad, n, tiles, P, chunks))
+            best = (cost, WinogradPlan(axis, mt, d, pad, n, tiles, P, chunks, kw, m.dil_w if kw > 1 else 1))
     return None if best is None else best[1]
 
 
 def winograd_weight(w, plan: WinogradPlan):
-    """(Cout, Cin, 3, 1) or (Cout, Cin, 1, 3) -> (m + 2, Cout, Cin): G g for every filter, the weight
-    :func:`winograd` reads (computed in float64)."""
+    """(Cout, Cin, 3, kw) or (Cout, Cin, 1, 3) -> (m + 2, Cout, Cin * kw): G g along the kernel's axis for every
+    filter (and column), the weight :func:`winograd` reads (computed in float64)."""
     import numpy as np
 
     g = np.asarray(WINOGRAD[plan.m][1], dtype=np.float64)
     co, ci = w.shape[:2]
-    return np.ascontiguousarray(np.einsum("tk,ock->toc", g, w.reshape(co, ci, 3).astype(np.float64))
-                                .astype(np.float32))
+    k = w.reshape(co, ci, 3, plan.kw) if plan.axis == "h" else w.reshape(co, ci, 3, 1)
+    return np.ascontiguousarray(np.einsum("tk,ockx->tocx", g, k.astype(np.float64)).astype(np.float32)
+                                .reshape(len(g), co, ci * plan.kw))
 
 
 def _lin(coefs, terms) -> str:
@@ -341,13 +348,14 @@ def _lin(coefs, terms) -> str:
 
 
 def winograd(m: ConvMatch, cpu: Cpu, plan: WinogradPlan, name: str = "main") -> str:
-    """A 3x1 or 1x3 convolution (ERFNet's factorised blocks, dilated or not) by Winograd's F(m, 3) along the
-    kernel's axis (:func:`winograd_plan`): per tile, every input channel's m + 2 rows (3x1: whole rows, a vector
-    per pixel chunk; 1x3: gathered per tile, the tiles of a row are the vector lanes) are transformed (BT), then
-    for each of the m + 2 points a GEMM over the input channels with the transformed weight
-    (:func:`winograd_weight`, packed at compile time), in the pointwise kernel's register tile, and the inverse
-    transform (AT) gives the m outputs, epilogue applied: (m + 2) / 3m of the direct kernel's multiply-adds.
-    ``plan``: :func:`winograd_plan` of ``m``."""
+    """A 3x1 or 1x3 convolution (ERFNet's factorised blocks, dilated or not), or a 3x3 (a U-Net's) by Winograd's
+    F(m, 3) along the kernel's axis (:func:`winograd_plan`; a 3x3's rows): per tile, every input channel's m + 2
+    rows (3x1 / 3x3: whole rows, a vector per pixel chunk, a 3x3's with the columns its side taps read; 1x3:
+    gathered per tile, the tiles of a row are the vector lanes) are transformed (BT), then for each of the
+    m + 2 points a GEMM over the input channels (and a 3x3's three column taps, shifted reads of the same
+    transformed rows) with the transformed weight (:func:`winograd_weight`, packed at compile time), in the
+    pointwise kernel's register tile, and the inverse transform (AT) gives the m outputs, epilogue applied:
+    (m + 2) / 3m of the direct kernel's multiply-adds. ``plan``: :func:`winograd_plan` of ``m``."""
     BT, _, AT = WINOGRAD[plan.m]
     nt, mt, d = plan.m + 2, plan.m, plan.d
     K, M, H, W, Ho, Wo = m.cin, m.cout, m.h, m.wd, m.ho, m.wo
@@ -359,10 +367,13 @@ def winograd(m: ConvMatch, cpu: Cpu, plan: WinogradPlan, name: str = "main") -> 
     sw = v * kk
     cb = min(cb, M)
     nxt = -(-P // sw)
-    vbytes = 4 * nt * K * P
+    kw, dw = plan.kw, plan.dw
+    pw = (kw - 1) * dw // 2
+    Pp = P + 2 * pw  # a staged row: the chunk and the columns its 3x3 taps read past either end
+    vbytes = 4 * nt * K * Pp
     scope = "local" if vbytes <= STAGE_BYTES else "global"
     shapes = list(m.shapes)
-    shapes[m.w] = (nt, M, K)
+    shapes[m.w] = (nt, M, K * kw)
     code = Code()
     header(code, name, shapes)
     x, w, o = f"f{m.x}", f"f{m.w}", f"f{m.out}"
@@ -378,8 +389,8 @@ def winograd(m: ConvMatch, cpu: Cpu, plan: WinogradPlan, name: str = "main") -> 
     else:
         loop = f"for y in T.parallel({Ho}):"
     with code.block(loop):
-        code(f'V = T.decl_buffer(({nt * K * P},), "float32", scope="{scope}")')
-        code(f'D = T.decl_buffer(({nt * P},), "float32", scope="local")')
+        code(f'V = T.decl_buffer(({nt * K * Pp},), "float32", scope="{scope}")')
+        code(f'D = T.decl_buffer(({nt * Pp},), "float32", scope="local")')
         if rows_axis:
             code(f"q = qc // {nchunk}" if nchunk > 1 else "q = qc")
             code(f"s = {plan.start('q')}")
@@ -390,12 +401,20 @@ def winograd(m: ConvMatch, cpu: Cpu, plan: WinogradPlan, name: str = "main") -> 
                 if rows_axis:  # the tile's input rows s - pad + k d, zero outside the image
                     with code.block(f"for k in T.unroll({nt}):"):
                         code(f"iy = s - {plan.pad} + k * {d}")
+                        at = f"{x}[(ci * {H} + iy) * {W} + "
                         with code.block(f"if iy >= 0 and iy < {H}:"):
                             with code.block(f"for j in T.vectorized({P}):"):
-                                code(f"D[k * {P} + j] = {x}[(ci * {H} + iy) * {W} + c0 + j]")
+                                code(f"D[k * {Pp} + {pw} + j] = {at}c0 + j]" if pw else
+                                     f"D[k * {P} + j] = {at}c0 + j]")
+                            if pw:  # the columns past the chunk's ends, zero outside the image
+                                with code.block(f"for j in range({pw}):"):
+                                    code(f"D[k * {Pp} + j] = T.if_then_else(c0 + j >= {pw}, "
+                                         f"{at}T.max(c0 + j - {pw}, 0)], T.float32(0))")
+                                    code(f"D[k * {Pp} + {pw + P} + j] = T.if_then_else(c0 + {P} + j < {W}, "
+                                         f"{at}T.min(c0 + {P} + j, {W - 1})], T.float32(0))")
                         with code.block("else:"):
-                            with code.block(f"for j in T.vectorized({P}):"):
-                                code(f"D[k * {P} + j] = T.float32(0)")
+                            with code.block(f"for j in T.vectorized({Pp}):"):
+                                code(f"D[k * {Pp} + j] = T.float32(0)")
                 else:  # tile q's input columns start(q) - pad + k d, gathered (the tiles are the lanes)
                     with code.block(f"for q in range({P}):"):
                         code(f"s = {plan.start('q')}")
@@ -404,9 +423,9 @@ def winograd(m: ConvMatch, cpu: Cpu, plan: WinogradPlan, name: str = "main") -> 
                             code(f"D[k * {P} + q] = T.if_then_else(ix >= 0 and ix < {W}, "
                                  f"{x}[(ci * {H} + y) * {W} + T.max(T.min(ix, {W - 1}), 0)], T.float32(0))")
                 for t in range(nt):
-                    with code.block(f"for j in T.vectorized({P}):"):
-                        code(f"V[({t} * {K} + ci) * {P} + j] = "
-                             + _lin(BT[t], [f"D[{k} * {P} + j]" for k in range(nt)]))
+                    with code.block(f"for j in T.vectorized({Pp}):"):
+                        code(f"V[({t} * {K} + ci) * {Pp} + j] = "
+                             + _lin(BT[t], [f"D[{k} * {Pp} + j]" for k in range(nt)]))
             for m0, nrow, nblk in channel_blocks(M, cb):
                 mv = "mo" if nblk > 1 else "0"
                 ch = f"{m0} + {mv} * {cb} + i"
@@ -419,9 +438,15 @@ def winograd(m: ConvMatch, cpu: Cpu, plan: WinogradPlan, name: str = "main") -> 
                             with code.tile("i", nrow, v, kk):
                                 code("acc[i, j] = T.float32(0)")
                             with code.block(f"for ci in range({K}):"):
-                                with code.block(f"for i in T.unroll({nrow}):"), Vec(code, v, kk):
-                                    code(f"acc[i, j] = acc[i, j] + V[(t * {K} + ci) * {P} + x0 + j] * "
-                                         f"{w}[(t * {M} + {ch}) * {K} + ci]")
+                                if kw == 1:
+                                    with code.block(f"for i in T.unroll({nrow}):"), Vec(code, v, kk):
+                                        code(f"acc[i, j] = acc[i, j] + V[(t * {K} + ci) * {P} + x0 + j] * "
+                                             f"{w}[(t * {M} + {ch}) * {K} + ci]")
+                                else:  # the three column taps of the transformed rows
+                                    with code.block(f"for kx in T.unroll({kw}):"):
+                                        with code.block(f"for i in T.unroll({nrow}):"), Vec(code, v, kk):
+                                            code(f"acc[i, j] = acc[i, j] + V[(t * {K} + ci) * {Pp} + x0 + kx * "
+                                                 f"{dw} + j] * {w}[((t * {M} + {ch}) * {K} + ci) * {kw} + kx]")
                             with code.tile("i", nrow, v, kk):
                                 code(f"U[(t * {nrow} + i) * {sw} + j] = acc[i, j]")
                         if rows_axis:

@@ -34,6 +34,21 @@ def _run(m, shape, x, hand_kernels=True):
     return vm["main"](tvm.runtime.tensor(x)).numpy(), report, mod
 
 
+def _x86(level: str | None) -> str:
+    """The host's x86 target (None), or x86-64 at ``level``'s mcpu (fewer lanes than the host on purpose)."""
+    return "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
+
+
+def _assert_matches_ort(mod, target, m, shape) -> None:
+    """The lowered ``mod`` run on the host gives ONNX Runtime's output of ``m`` within TOL."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    x = sample_input(shape, seed=8)
+    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+
+
 def _onnx(net: nn.Module, shape, tmp_path: Path):
     net.eval()
     m, _ = torch_to_onnx(net, shape, tmp_path / "m.onnx")
@@ -175,13 +190,15 @@ class _Deep(nn.Module):
 
 
 @pytest.mark.parametrize("level", [None, "x86-64-v3"])
-def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxruntime(tmp_path, level):
-    """AVX-512 / AVX2 (the host's, then AVX2 on purpose): every dense 3x3 here is a dense_channels kernel, its
-    call passes the weight packed (Cout / lanes, Cin, 3, 3, lanes), and the output is ONNX Runtime's."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
+def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxruntime(tmp_path, level,
+                                                                                      monkeypatch):
+    """AVX-512 / AVX2 (the host's, then AVX2 on purpose), Winograd off (it takes the stride-1 layers when on):
+    every dense 3x3 here is a dense_channels kernel, its call passes the weight packed
+    (Cout / lanes, Cin, 3, 3, lanes), and the output is ONNX Runtime's."""
+    import export.schedules
     from export.schedules import cpu_of
+
+    monkeypatch.setattr(export.schedules, "winograd_plan", lambda m, cpu: None)
 
     if get_target("x86_64").is_cross:
         pytest.skip("needs an x86-64 host")
@@ -189,8 +206,7 @@ def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxr
         pytest.skip("this host has no avx2")
     shape = (1, 16, 21, 30)  # odd rows: the last pair of output rows shifts back
     m = _onnx(_Deep(), shape, tmp_path)
-    raw = "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
-    (mod, _, report), target = _lowered(m, shape, raw)
+    (mod, _, report), target = _lowered(m, shape, _x86(level))
     lanes = cpu_of(target).lanes
     kinds = sorted(k for n, k in report.scheduled.items() if "conv2d" in n)
     assert kinds == ["dense_channels"] * 5 + ["pointwise"] and not report.failed, report.scheduled
@@ -198,9 +214,7 @@ def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxr
     assert sorted(consts) == sorted([(32 // lanes, 16, 3, 3, lanes), (32 // lanes, 32, 3, 3, lanes),
                                      (32 // lanes, 32, 3, 3, lanes), (16 // lanes, 32, 3, 3, lanes),
                                      (16 // lanes, 16, 3, 3, lanes)])
-    vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
-    x = sample_input(shape, seed=8)
-    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+    _assert_matches_ort(mod, target, m, shape)
 
 
 class _Factorised(nn.Module):
@@ -227,35 +241,78 @@ class _Factorised(nn.Module):
         return self.small(x)
 
 
+def _winograd_lowered(net: nn.Module, shape, tmp_path: Path, level: str | None):
+    """(ONNX model, lowered module, target, [(match, plan) of every Winograd kernel]) of ``net`` for :func:`_x86`
+    ``level``; skips off x86, fails on a kernel that did not build."""
+    from export.schedules import cpu_of
+    from export.schedules.kernels import winograd_plan
+
+    if get_target("x86_64").is_cross:
+        pytest.skip("needs an x86-64 host")
+    m = _onnx(net, shape, tmp_path)
+    (mod, _, report), target = _lowered(m, shape, _x86(level))
+    assert not report.failed, report.failed
+    found = [(mt, winograd_plan(mt, cpu_of(target))) for mt in report.matches.values() if mt.kind == "winograd"]
+    return m, mod, target, found
+
+
 @pytest.mark.parametrize("level", [None, "x86-64-v2"])
 def test_factorised_convolutions_run_as_winograd_and_match_onnxruntime(tmp_path, level):
     """Every 3x1 / 1x3 of 16+ channels is a Winograd kernel (the host's vectors, then SSE's 4 lanes, NEON's
     width), its call passes the transformed weight (m + 2, Cout, Cin), and the output is ONNX Runtime's."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
     from export.schedules import cpu_of
-    from export.schedules.kernels import WINOGRAD, winograd_plan
+    from export.schedules.kernels import WINOGRAD
 
-    if get_target("x86_64").is_cross:
-        pytest.skip("needs an x86-64 host")
     shape = (1, 8, 23, 61)
-    m = _onnx(_Factorised(), shape, tmp_path)
-    raw = "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
-    (mod, _, report), target = _lowered(m, shape, raw)
-    assert not report.failed, report.failed
-    plans = sorted((p.axis, p.d, p.m) for p in (winograd_plan(mt, cpu_of(target)) for mt in report.matches.values()
-                                                if mt.kind == "winograd"))
+    m, mod, target, found = _winograd_lowered(_Factorised(), shape, tmp_path, level)
+    plans = sorted((p.axis, p.d, p.m) for _, p in found)
     if cpu_of(target).lanes == 4:
         assert plans == [(a, d, 4) for a in "hw" for d in (1, 2, 8)], plans
     else:  # 16 / 8 lanes: rows of 61 px are dense_channels kernels, cheaper where tiles leave lanes empty
-        assert plans, report.scheduled
+        assert plans, found
     consts = sorted(c.value.shape for c in _constants(mod) if hasattr(c.value, "shape") and len(c.value.shape) == 3
                     and c.value.shape[0] - 2 in WINOGRAD)
     assert consts == [(6, 32, 32)] * len(plans), consts
-    vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
-    x = sample_input(shape, seed=8)
-    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ort_run(m, x)).max() <= TOL
+    _assert_matches_ort(mod, target, m, shape)
+
+
+class _Dense3x3(nn.Module):
+    """A U-Net's double convolutions: 3x3, BN folded, ReLU, dilated 1 and 2, a residual add, 32 -> 48 channels,
+    on rows that divide into no tile; a strided 3x3 (not Winograd) between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(3, 32, 3, padding=1)
+        self.a = nn.Conv2d(32, 32, 3, padding=1)
+        self.bn = nn.BatchNorm2d(32)
+        self.b = nn.Conv2d(32, 48, 3, padding=2, dilation=2)
+        self.down = nn.Conv2d(48, 48, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(48, 32, 3, padding=1)
+        _randomise(self, seed=6, scale=0.2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        x = F.relu(self.bn(self.a(x))) + x
+        return self.c(F.relu(self.down(F.relu(self.b(x)))))
+
+
+@pytest.mark.parametrize("level", [None, "x86-64-v2"])
+def test_dense_3x3_convolutions_run_as_winograd_along_rows_and_match_onnxruntime(tmp_path, level):
+    """A stride-1 3x3 of 16+ channels is Winograd down its rows, its three column taps summed in the GEMM
+    (transformed weight (m + 2, Cout, Cin * 3)); the strided one and the 3-channel stem stay direct; the
+    output is ONNX Runtime's."""
+    from export.schedules import cpu_of
+
+    shape = (1, 3, 23, 61)
+    m, mod, target, found = _winograd_lowered(_Dense3x3(), shape, tmp_path, level)
+    plans = {(mt.cin, mt.cout, mt.dil_w): p for mt, p in found}
+    assert all(p.axis == "h" and p.kw == 3 for p in plans.values()), plans
+    if cpu_of(target).lanes == 4:
+        assert sorted(plans) == [(32, 32, 1), (32, 48, 2), (48, 32, 1)], plans
+        assert plans[(32, 48, 2)].dw == 2 and plans[(32, 48, 2)].d == 2
+    consts = sorted(c.value.shape for c in _constants(mod) if hasattr(c.value, "shape") and len(c.value.shape) == 3)
+    assert consts == sorted((p.m + 2, co, ci * 3) for (ci, co, _), p in plans.items()), consts
+    _assert_matches_ort(mod, target, m, shape)
 
 
 def test_winograd_transforms_compute_a_three_tap_correlation():
@@ -369,8 +426,7 @@ def test_grid_sampling_is_hand_written_with_the_dcn_mask_folded_in_and_matches_o
         pytest.skip("needs an x86-64 host")
     shape = (1, 3, *hw)
     m = _onnx(_Deformable(), shape, tmp_path)
-    raw = "x86_64" if level is None else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % level
-    (mod, _, report), target = _lowered(m, shape, raw)
+    (mod, _, report), target = _lowered(m, shape, _x86(level))
     scripts = [f.script() for gv, f in mod.functions.items() if gv.name_hint.startswith("grid_sample")]
     assert scripts and all(("wt[" in sc) == (level is None and "avx2" in
                                                              Path("/proc/cpuinfo").read_text()) for sc in scripts)
