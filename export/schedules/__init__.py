@@ -24,6 +24,7 @@ The modules, and what imports what (arrows one way; no module imports another's 
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field, replace
 
@@ -32,7 +33,33 @@ from export.schedules.kernels import (channel_tile, dense_channels, generate, pa
                                       winograd_weight)
 from export.schedules.match import match_conv
 
-__all__ = ["Cpu", "Report", "apply", "cpu_of", "match_conv", "rewrite_graph", "schedule_rest"]
+__all__ = ["KERNELS_OFF", "Cpu", "Report", "apply", "cpu_of", "kernels_off", "match_conv", "rewrite_graph",
+           "schedule_rest"]
+
+# kernel families kernel_for may leave out (kernels_off): each then falls back to the next kernel that fits
+KERNELS_OFF = ("winograd", "winograd-3x3", "dense_channels")
+_off: set[str] = set()
+
+
+@contextlib.contextmanager
+def kernels_off(*families: str):
+    """Lower with these hand-written kernel families left out (:data:`KERNELS_OFF`: every Winograd kernel, the
+    3x3 ones only, the output-channel-vectorised dense kernel), for A/B measurements
+    (``benchmarks.kernel_ab``) and tests; a layer they would have taken gets the next kernel that fits."""
+    unknown = sorted(set(families) - set(KERNELS_OFF))
+    if unknown:
+        raise ValueError(f"unknown kernel family {', '.join(unknown)}: choose from {', '.join(KERNELS_OFF)}")
+    before = set(_off)
+    _off.update(families)
+    try:
+        yield
+    finally:
+        _off.clear()
+        _off.update(before)
+
+
+def _winograd_on(m) -> bool:
+    return "winograd" not in _off and not ("winograd-3x3" in _off and (m.kh, m.kw) == (3, 3))
 
 
 @dataclass
@@ -62,10 +89,10 @@ def kernel_for(func, cpu: Cpu, const_params: frozenset = frozenset()):
     m = match_conv(func)
     if m is None:
         return None, None
-    plan = winograd_plan(m, cpu) if m.w in const_params else None
+    plan = winograd_plan(m, cpu) if m.w in const_params and _winograd_on(m) else None
     if plan is not None:
         return replace(m, kind="winograd"), parse(winograd(m, cpu, plan))
-    if m.w in const_params and channel_tile(m, cpu) is not None:
+    if m.w in const_params and "dense_channels" not in _off and channel_tile(m, cpu) is not None:
         return replace(m, kind="dense_channels"), parse(dense_channels(m, cpu))
     src = generate(m, cpu)
     if src is None:

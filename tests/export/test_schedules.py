@@ -190,15 +190,11 @@ class _Deep(nn.Module):
 
 
 @pytest.mark.parametrize("level", [None, "x86-64-v3"])
-def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxruntime(tmp_path, level,
-                                                                                      monkeypatch):
+def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxruntime(tmp_path, level):
     """AVX-512 / AVX2 (the host's, then AVX2 on purpose), Winograd off (it takes the stride-1 layers when on):
     every dense 3x3 here is a dense_channels kernel, its call passes the weight packed
     (Cout / lanes, Cin, 3, 3, lanes), and the output is ONNX Runtime's."""
-    import export.schedules
-    from export.schedules import cpu_of
-
-    monkeypatch.setattr(export.schedules, "winograd_plan", lambda m, cpu: None)
+    from export.schedules import cpu_of, kernels_off
 
     if get_target("x86_64").is_cross:
         pytest.skip("needs an x86-64 host")
@@ -206,7 +202,8 @@ def test_deep_narrow_convolutions_vectorise_over_output_channels_and_match_onnxr
         pytest.skip("this host has no avx2")
     shape = (1, 16, 21, 30)  # odd rows: the last pair of output rows shifts back
     m = _onnx(_Deep(), shape, tmp_path)
-    (mod, _, report), target = _lowered(m, shape, _x86(level))
+    with kernels_off("winograd"):
+        (mod, _, report), target = _lowered(m, shape, _x86(level))
     lanes = cpu_of(target).lanes
     kinds = sorted(k for n, k in report.scheduled.items() if "conv2d" in n)
     assert kinds == ["dense_channels"] * 5 + ["pointwise"] and not report.failed, report.scheduled
