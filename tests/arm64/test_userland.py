@@ -128,3 +128,47 @@ def test_status_reports_the_install_stamp(userland):
     r = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=60)
     assert "binfmt:     qemu-aarch64 enabled" in r.stdout
     assert f"provision:  install_sha256 {install_sha256()} (current)" in r.stdout
+
+
+def test_winograd_kernels_for_the_a72_run_inside_and_match_onnxruntime(userland, cross_cxx, tmp_path):
+    """The hand-written Winograd kernels as the A72 gets them (NEON's 4 lanes, 32 registers: a register tile no
+    x86 test builds): 3x3 convolutions (dilated 1 and 2), a 3x1 and a 1x3 at 32 channels, on rows that divide
+    into no tile, lowered by export.tvm_stage.lower, cross-linked, run in the userland, equal to ONNX Runtime."""
+    torch = pytest.importorskip("torch")
+    tvm = pytest.importorskip("tvm")
+    import torch.nn as nn
+    from tvm.support import cc
+
+    from export.onnx_stage import ort_run, simplify, torch_to_onnx
+    from export.tvm_stage import import_onnx, lower
+
+    torch.manual_seed(0)
+    c = 32
+    net = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c),
+                        nn.ReLU(), nn.Conv2d(c, c, 3, padding=2, dilation=2), nn.ReLU(),
+                        nn.Conv2d(c, c, (3, 1), padding=(1, 0)), nn.ReLU(), nn.Conv2d(c, c, (1, 3), padding=(0, 1)),
+                        nn.ReLU(), nn.Conv2d(c, 1, 1)).eval()
+    for p in net.parameters():
+        p.data = torch.randn(p.shape) * 0.2
+    shape = (1, 3, 19, 45)
+    m, _ = torch_to_onnx(net, shape, tmp_path / "raw.onnx")
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    m = simplify(m, x)[0]
+    mod, _, report = lower(import_onnx(m, m.graph.input[0].name, list(shape)), tvm.target.Target(A72_TARGET))
+    wino = sorted((mt.kh, mt.kw) for mt in report.matches.values() if mt.kind == "winograd")
+    assert wino == [(1, 3), (3, 1), (3, 3), (3, 3)], report.scheduled
+    lib = tmp_path / "k_a72.so"
+    tvm.compile(mod, target=tvm.target.Target(A72_TARGET)).export_library(str(lib),
+                                                                          fcompile=cc.cross_compiler(cross_cxx))
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "run.py").write_text(textwrap.dedent("""\
+        import sys
+        import numpy as np
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+        d = sys.argv[1]
+        vm = VirtualMachine(tvm.runtime.load_module(d + "/k_a72.so"), tvm.cpu())
+        np.save(d + "/y.npy", vm["main"](tvm.runtime.tensor(np.load(d + "/x.npy"))).numpy())
+        """))
+    userland.run("python3", tmp_path / "run.py", tmp_path, binds=[tmp_path])
+    assert float(np.abs(np.load(tmp_path / "y.npy") - ort_run(m, x)).max()) <= 1e-4
