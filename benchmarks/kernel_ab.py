@@ -8,12 +8,13 @@ Variants: ``all`` (every kernel, what ``edge-export`` builds) and one per ``--of
 (:data:`export.schedules.KERNELS_OFF`) with that family left out. Each round times every variant and ONNX Runtime
 once, in rotated order, after a pause that lets the previous runtime's spinning threads park
 (:func:`benchmarks.latency.collect_interleaved`); ratios are ONNX Runtime's median over each variant's. Every
-variant's output is checked against ONNX Runtime's (max |d| printed and kept). A measurement of this host, x86
-or the board's own CPU; not a timed test.
+variant's output is checked against ONNX Runtime's (max |d| printed and kept). A measurement of this x86-64
+host (it refuses others); not a timed test.
 """
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,7 @@ def _variant(model, shape: list[int], target, off: tuple[str, ...]):
     if params:
         raise EdgeError("the lowered module kept separate parameters; kernel_ab runs constant-bound modules only")
     vm = VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
-    kinds: dict[str, int] = {}
-    for k in report.scheduled.values():
-        kinds[k] = kinds.get(k, 0) + 1
-    return (lambda x: vm["main"](x).numpy()), kinds
+    return (lambda x: vm["main"](x).numpy()), dict(Counter(report.scheduled.values()))
 
 
 def measure(onnx_path: Path, offs: list[str], size: int | None, threads: int, runs: int, seconds: float) -> dict:

@@ -293,8 +293,8 @@ def winograd_plan(m: ConvMatch, cpu: Cpu) -> WinogradPlan | None:
     16 channels in and out, 'same' padded along the row (1x3: 32, its gathered input and scattered output cost
     more per channel; measured on ERFNet's 16-channel 1x3s, estimated (emulated A72): 7.3 M cycles direct,
     8.5 M Winograd), None when none needs under 3/4 of the direct kernel's multiply-adds (a 3x3: 3 (m + 2) / m
-    per output against 9, with dense_channels' full vectors where that applies: ahead of it on U-Net 544's
-    34- and 68-px rows too, measured on x86). Both counts take in the outputs computed and not stored: a tile past
+    per output against 9, with dense_channels' full vectors where that applies; an ad-hoc x86 A/B on U-Net 544:
+    1722 ms with its deep 34- and 68-px rows on Winograd, 1782 ms with them on dense_channels). Both counts take in the outputs computed and not stored: a tile past
     the border (a dilation of 16 on a 32-px row leaves half of F(4, 3)'s tiles empty) and the lanes of the
     last pixel vectors (on AVX-512, 17 tiles of a 68-px row fill two 16-lane vectors)."""
     if m.kind not in ("dense", "winograd") or m.groups != 1 or (m.sh, m.sw) != (1, 1) or min(m.cin, m.cout) < 16:
